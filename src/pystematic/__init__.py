@@ -1,0 +1,73 @@
+"""pystematic: set up, run and keep track of reproducible PyTorch experiments.
+
+Importing this package is cheap: torch and tensorboardX load only when a run
+needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .cli import global_entrypoint
+from .context import Context
+from .context import context_proxy as context
+from .errors import (
+    ConfigError,
+    DiscoveryError,
+    DistributedError,
+    ParameterError,
+    PystematicError,
+    RunDirError,
+    UnknownExperimentError,
+)
+from .experiment import Experiment, Group, experiment, group
+from .params import Params, param_group, parameter
+from .seeding import worker_init_fn
+
+if TYPE_CHECKING:
+    from . import recorder as recorder
+    from .recording import Recorder as Recorder
+    from .runs import load_runs as load_runs
+
+__all__ = [
+    "ConfigError",
+    "Context",
+    "DiscoveryError",
+    "DistributedError",
+    "Experiment",
+    "Group",
+    "ParameterError",
+    "Params",
+    "PystematicError",
+    "Recorder",
+    "RunDirError",
+    "UnknownExperimentError",
+    "__version__",
+    "context",
+    "experiment",
+    "global_entrypoint",
+    "group",
+    "load_runs",
+    "param_group",
+    "parameter",
+    "recorder",
+    "worker_init_fn",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the recorder pulls in numpy, runs pulls in rich.
+    if name == "Recorder":
+        from .recording import Recorder
+
+        return Recorder
+    if name == "recorder":
+        from . import recorder
+
+        return recorder
+    if name == "load_runs":
+        from .runs import load_runs
+
+        return load_runs
+    raise AttributeError(f"module 'pystematic' has no attribute {name!r}")
