@@ -162,6 +162,26 @@ def test_pty_draws_live_and_log_keeps_final_progress_state(tmp_path: Path) -> No
     ]
 
 
+def test_pty_follows_terminal_resizes(tmp_path: Path) -> None:
+    screen, returncode = _run_in_pty(
+        tmp_path,
+        """
+        import fcntl, struct, termios
+        with OutputCapture(log) as capture:
+            # What the kernel does when the user resizes the real terminal.
+            real_terminal = capture._saved[1]
+            fcntl.ioctl(real_terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            os.kill(os.getpid(), signal.SIGWINCH)
+            size = os.get_terminal_size(1)
+            print("size", size.columns, size.lines)
+        print("handler restored", signal.getsignal(signal.SIGWINCH) == signal.SIG_DFL)
+        """,
+    )
+    assert returncode == 0, screen
+    assert (tmp_path / "output.log").read_text() == "size 120 40\n"
+    assert b"handler restored True" in screen
+
+
 def test_stop_after_keyboard_interrupt_and_twice(tmp_path: Path) -> None:
     result = _run(
         tmp_path,
@@ -236,6 +256,29 @@ def test_buffered_c_stdio_output_is_flushed_into_the_log(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "output.log").read_text() == "printed by C\n"
+
+
+def test_forked_child_exiting_does_not_stop_the_parents_capture(tmp_path: Path) -> None:
+    result = _run(
+        tmp_path,
+        """
+        import warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        with OutputCapture(log):
+            pid = os.fork()
+            if pid == 0:
+                print("from the forked child")
+                sys.exit(0)  # runs atexit handlers in the child
+            os.waitpid(pid, 0)
+            time.sleep(0.5)  # the parent's reader would stop within 0.2 s if woken
+            print("parent after fork")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "output.log").read_text().splitlines() == [
+        "from the forked child",
+        "parent after fork",
+    ]
 
 
 def test_log_is_appended_to(tmp_path: Path) -> None:

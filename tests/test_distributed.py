@@ -24,6 +24,7 @@ from pystematic.distributed import (
     RankFailedError,
     _describe,
     _launch_config,
+    _rank_failed,
     check_gpus,
     detect_environment,
     expand_hostlist,
@@ -371,6 +372,59 @@ def test_describe_failures_without_error_file() -> None:
     assert _describe(data, 1) == ("ValueError: x", "Traceback ...")
 
 
+def _error_file(path: Path, message: str, mtime: int) -> str:
+    path.parent.mkdir(parents=True)
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {"py_callstack": f"Traceback ...\n{message}\n", "timestamp": "1700000000"},
+        }
+    }
+    path.write_text(json.dumps(data))
+    os.utime(path, ns=(mtime, mtime))
+    return str(path)
+
+
+def _child_failed(failures: dict[int, tuple[int, int, str]]) -> object:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    return ChildFailedError(
+        "fn",
+        {
+            rank: ProcessFailure(local_rank=lr, pid=100 + rank, exitcode=code, error_file=path)
+            for rank, (lr, code, path) in failures.items()
+        },
+    )
+
+
+def test_root_cause_is_the_oldest_error_file(tmp_path: Path) -> None:
+    # torch saw local rank 0 (node 1 -> global rank 2) first, but rank 3's error came first.
+    attempt = tmp_path / "run_x" / "attempt_0"
+    secondary = _error_file(
+        attempt / "0" / "error.json", "RuntimeError: closed by peer", 2 * 10**18
+    )
+    _error_file(attempt / "1" / "error.json", "ValueError: boom", 10**18)
+    err = _rank_failed(_child_failed({2: (0, 1, secondary)}), tmp_path / "unused_*")
+    assert (err.rank, err.local_rank, err.exitcode) == (3, 1, 1)
+    assert err.message == "ValueError: boom"
+    assert err.error_file == str(attempt / "1" / "error.json")
+    assert "ValueError: boom" in err.traceback
+
+
+def test_root_cause_without_error_file_is_trusted_unless_sigabrt(tmp_path: Path) -> None:
+    attempt = tmp_path / "run_x" / "attempt_0"
+    _error_file(attempt / "0" / "error.json", "RuntimeError: closed by peer", 10**18)
+    missing = str(attempt / "1" / "error.json")
+    run_dirs = tmp_path / "run_*"
+    killed = _rank_failed(_child_failed({1: (1, -9, missing)}), run_dirs)
+    assert (killed.rank, killed.exitcode, killed.message) == (1, -9, "killed by SIGKILL")
+    assert killed.error_file is None and killed.traceback == ""
+
+    # A rank aborted in C++ (NCCL watchdog, gloo teardown) died of a peer's error.
+    aborted = _rank_failed(_child_failed({1: (1, -int(signal.SIGABRT), missing)}), run_dirs)
+    assert (aborted.rank, aborted.message) == (0, "RuntimeError: closed by peer")
+
+
 # --------------------------------------------------------------------------- real launches
 
 
@@ -420,14 +474,28 @@ def test_launch_failing_rank_raises_rank_failed_error(
     err = info.value
     assert err.rank == 1 and err.local_rank == 1
     assert err.exitcode == 1 and err.exit_code == 1
-    assert err.error_message == "ValueError: boom on rank 1"
-    assert str(err) == "rank 1 failed: ValueError: boom on rank 1"
+    assert err.message == "ValueError: boom on rank 1"
+    assert str(err) == err.format_message() == "rank 1 failed: ValueError: boom on rank 1"
     assert "Traceback (most recent call last)" in err.traceback
     assert 'raise ValueError(f"boom on rank {env.rank}")' in err.traceback
     assert err.error_file is not None
     assert tmp_path / "logs" in Path(err.error_file).parents
     assert _signal_handlers() == before
     assert os.environ["OMP_NUM_THREADS"] == "3"  # a user's value is left alone
+
+
+def test_launch_with_master_port_in_use_is_a_user_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spec = _spec(tmp_path, master_port=port)
+        with pytest.raises(DistributedError) as info:
+            launch(spec, _dist_helpers.allreduce_rank, (1,))
+    assert not isinstance(info.value, RankFailedError)
+    assert str(info.value).startswith(f"rendezvous at 127.0.0.1:{port} failed:")
+    assert "address already in use" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 LAUNCHER_SCRIPT = textwrap.dedent(

@@ -115,9 +115,12 @@ def test_detached_head_has_no_branch(repo: Path) -> None:
 def test_repo_without_commits(tmp_path: Path) -> None:
     _git(tmp_path, "init", "-q", "-b", "main")
     (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "staged.py").write_text("print(2)\n")
+    _git(tmp_path, "add", "staged.py")
     info = GitProbe(tmp_path).result()
     assert (info.commit, info.branch, info.dirty) == (None, "main", True)
-    assert info.diff is not None and "+print(1)\n" in info.diff
+    assert info.diff is not None
+    assert "+print(1)\n" in info.diff and "+print(2)\n" in info.diff
 
 
 @needs_git

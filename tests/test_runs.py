@@ -24,6 +24,7 @@ from pystematic.runs import (
     RECORD_KEYS,
     CorruptRunWarning,
     differing_params,
+    fit_widths,
     format_duration,
     format_metric,
     load_runs,
@@ -83,11 +84,9 @@ def write_run(root: Path, experiment: str, run_id: str, **fields: Any) -> Path:
 
 
 def render(records: list[dict[str, Any]], width: int = 250) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None)
-    console.print(runs_table(records))
-    out = console.file.getvalue()  # type: ignore[attr-defined]
-    assert isinstance(out, str)
-    return out
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None).print(runs_table(records))
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -527,18 +526,58 @@ def test_table_shows_died_failed_rank_and_is_not_fooled_by_markup(tmp_path: Path
 
 def test_table_colours_status(tmp_path: Path) -> None:
     running(tmp_path, "r1", DIED_AFTER_S + 60, "elsewhere", 1)
-    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system="standard")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=120, force_terminal=True, color_system="standard")
     console.print(runs_table(load_runs(tmp_path)))
-    assert "\x1b[1;31mdied" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[1;31m died" in buffer.getvalue()
 
 
 def test_table_keeps_one_line_per_run_in_a_narrow_terminal(output: Path) -> None:
     records = load_runs(output)
-    out = render(records, width=70)
-    rows = [line for line in out.splitlines() if line.startswith("│")]
+    wide = render(records, width=250)
+    assert "not shown" not in wide
+    out = render(records, width=75)
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 75
+    rows = [line for line in lines if line.startswith("│")]
     assert len(rows) == len(records)
-    assert all(r["id"] in row for r, row in zip(records, rows))
-    assert "…" in out
+    assert all(r["id"] in row for r, row in zip(records, rows, strict=True))
+    assert "vision.eval" in out  # fixed columns are never cut
+    # 75 cells hold id, experiment, status, duration and one cut parameter column
+    assert "lr" in out
+    assert "not shown, too wide: epochs, augment, batch_size, checkpoint, loss, acc" in " ".join(
+        line.strip() for line in lines
+    )
+
+
+def test_table_puts_the_seed_after_the_metrics(tmp_path: Path) -> None:
+    write_run(tmp_path, "t", "a", params={"random_seed": 11, "x": 1}, metrics={"loss": 1.0})
+    write_run(tmp_path, "t", "b", params={"random_seed": 22, "x": 2}, metrics={"loss": 2.0})
+    header = next(line for line in render(load_runs(tmp_path)).splitlines() if "id" in line)
+    assert re.findall(r"\w+", header) == ["id", "status", "duration", "x", "loss", "random_seed"]
+
+
+@pytest.mark.parametrize(
+    ("naturals", "minimums", "max_width", "fixed", "widths"),
+    [
+        # fits: 3 columns take 3 * 3 + 1 cells of box and padding
+        ([10, 5, 5], [10, 5, 5], 30, 1, [10, 5, 5]),
+        # too wide: the widest shrinkable column gives way first
+        ([10, 20, 5], [10, 8, 5], 34, 1, [10, 9, 5]),
+        ([10, 20, 12], [10, 8, 8], 40, 1, [10, 10, 10]),
+        ([10, 20, 12], [10, 8, 8], 41, 1, [10, 11, 10]),
+        # minimums do not fit: columns are left out from the right
+        ([10, 20, 12], [10, 8, 8], 30, 1, [10, 13]),
+        ([10, 20, 12], [10, 8, 8], 20, 1, [10]),
+        # never the fixed columns: rich crops those
+        ([30, 20], [30, 8], 20, 1, [30]),
+        ([], [], 10, 0, []),
+    ],
+)
+def test_fit_widths(
+    naturals: list[int], minimums: list[int], max_width: int, fixed: int, widths: list[int]
+) -> None:
+    assert fit_widths(naturals, minimums, max_width, fixed) == widths
 
 
 def test_table_of_no_runs(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 __all__ = ["OutputCapture"]
 
@@ -101,6 +102,7 @@ class OutputCapture:
         self.log_path = Path(log_path)
         self._started = False
         self._stopped = False
+        self._pid = -1
         self._saved: dict[int, int] = {}  # fd -> dup of what it pointed to before
         self._channels: list[_Channel] = []
         self._log_fd = -1
@@ -109,6 +111,7 @@ class OutputCapture:
         self._thread: threading.Thread | None = None
         self._line_buffering: dict[str, bool] = {}
         self._lock = threading.Lock()
+        self._previous_winch: Any = None  # SIGWINCH handler before ours, when ours is set
 
     def __enter__(self) -> OutputCapture:
         self.start()
@@ -127,37 +130,55 @@ class OutputCapture:
         if self._started:
             raise RuntimeError("OutputCapture.start() called twice")
         self._started = True
+        self._pid = os.getpid()
         _flush_python_streams()
+        try:
+            self._redirect()
+        except BaseException:
+            self._undo_redirect()
+            raise
+        self._make_line_buffered()
+        if not self._channels[0].batch:
+            self._follow_terminal_size()
+        self._thread = threading.Thread(target=self._pump, name="pystematic-output", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _redirect(self) -> None:
         self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._wake_r, self._wake_w = os.pipe()
-
         stats = {fd: _fstat(fd) for fd in (1, 2)}
         shared = (
             stats[1] is not None and stats[2] is not None and os.path.samestat(stats[1], stats[2])
         )
         write_ends: dict[int, int] = {}
-        for fd in (1, 2):
-            self._saved[fd] = os.dup(fd) if stats[fd] is not None else -1
-            if fd == 2 and shared:
-                write_ends[2] = write_ends[1]
-                continue
-            tty = self._saved[fd] >= 0 and os.isatty(self._saved[fd])
-            if tty:
-                read_end, write_end = _open_pty(like=self._saved[fd])
-            else:
-                read_end, write_end = _open_pipe()
-            write_ends[fd] = write_end
-            self._channels.append(_Channel(read_end, self._saved[fd], batch=not tty))
+        try:
+            for fd in (1, 2):
+                self._saved[fd] = os.dup(fd) if stats[fd] is not None else -1
+                if fd == 2 and shared:
+                    write_ends[2] = write_ends[1]
+                    continue
+                tty = self._saved[fd] >= 0 and os.isatty(self._saved[fd])
+                read_end, write_end = _open_pty(self._saved[fd]) if tty else _open_pipe()
+                write_ends[fd] = write_end
+                self._channels.append(_Channel(read_end, self._saved[fd], batch=not tty))
+            for fd in (1, 2):
+                os.dup2(write_ends[fd], fd)
+        finally:
+            for write_end in set(write_ends.values()):
+                os.close(write_end)  # fds 1 and 2 are now the only writers we hold
 
-        for fd in (1, 2):
-            os.dup2(write_ends[fd], fd)
-        for write_end in set(write_ends.values()):
-            os.close(write_end)  # fds 1 and 2 are now the only writers we hold
+    def _undo_redirect(self) -> None:
+        for fd, saved in self._saved.items():
+            if saved >= 0:
+                os.dup2(saved, fd)
+        self._close_fds()
 
-        self._make_line_buffered()
-        self._thread = threading.Thread(target=self._pump, name="pystematic-output", daemon=True)
-        self._thread.start()
-        atexit.register(self.stop)
+    def _close_fds(self) -> None:
+        for fd in [self._wake_r, self._wake_w, self._log_fd, *self._saved.values()]:
+            _close(fd)
+        for channel in self._channels:
+            _close(channel.read_fd)
 
     def stop(self) -> None:
         """Restores fds 1 and 2, writes out everything captured, closes the log.
@@ -165,8 +186,8 @@ class OutputCapture:
         Safe to call more than once, and from a ``finally`` after an interrupt.
         """
         with self._lock:
-            if not self._started or self._stopped:
-                return
+            if not self._started or self._stopped or os.getpid() != self._pid:
+                return  # (a forked child exiting must not stop the parent's capture)
             self._stopped = True
         atexit.unregister(self.stop)
         _flush_python_streams()
@@ -178,17 +199,14 @@ class OutputCapture:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._restore_line_buffering()
+        self._unfollow_terminal_size()
         # Now only processes that outlive the run still hold a write end: without
         # them the reader sees end of file at once, with them it stops once idle.
         os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=_DRAIN_MAX_S + 1.0)
         if self._thread is None or not self._thread.is_alive():
-            for fd in [self._wake_r, self._wake_w, *(c.read_fd for c in self._channels)]:
-                _close(fd)
-            for saved in self._saved.values():
-                _close(saved)
-            _close(self._log_fd)
+            self._close_fds()
 
     # -- reader thread ---------------------------------------------------------------
 
@@ -229,6 +247,31 @@ class OutputCapture:
             channel.dest_fd = -1  # e.g. `| head` went away: keep logging
         _write_all(self._log_fd, channel.filter.feed(data))
 
+    # -- terminal size -----------------------------------------------------------------
+
+    def _follow_terminal_size(self) -> None:
+        """Resizes the pty with the real terminal, so rich and tqdm redraw to fit."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGWINCH) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return  # someone else's handler: leave it alone
+        self._previous_winch = signal.signal(signal.SIGWINCH, self._on_winch)
+
+    def _on_winch(self, signum: int, frame: FrameType | None) -> None:
+        _copy_window_size(self._saved[1], 1)
+
+    def _unfollow_terminal_size(self) -> None:
+        import signal
+
+        if self._previous_winch is None:
+            return
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(signal.SIGWINCH) == self._on_winch:
+                signal.signal(signal.SIGWINCH, self._previous_winch)
+        self._previous_winch = None
+
     # -- sys.stdout buffering ----------------------------------------------------------
 
     def _make_line_buffered(self) -> None:
@@ -253,13 +296,10 @@ class OutputCapture:
 
 def _open_pty(like: int) -> tuple[int, int]:
     """A pty pair whose slave has the terminal's size and passes output bytes through."""
-    import fcntl
     import termios
 
     master, slave = os.openpty()
-    with contextlib.suppress(OSError):
-        size = fcntl.ioctl(like, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+    _copy_window_size(like, slave)
     with contextlib.suppress(termios.error):
         # No output processing ('\n' -> '\r\n'): the real terminal does its own.
         attrs = termios.tcgetattr(slave)
@@ -268,12 +308,20 @@ def _open_pty(like: int) -> tuple[int, int]:
     return master, slave
 
 
+def _copy_window_size(src: int, dest: int) -> None:
+    import fcntl
+    import termios
+
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(dest, termios.TIOCSWINSZ, fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8))
+
+
 def _open_pipe() -> tuple[int, int]:
     read_end, write_end = os.pipe()
     if sys.platform.startswith("linux"):
         import fcntl
 
-        # 1 MiB instead of 64 KiB (the unprivileged maximum): bulk output runs ~3x faster.
+        # 1 MiB (the default pipe-max-size) instead of 64 KiB: bulk output ~3x faster.
         with contextlib.suppress(OSError):
             fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), _CHUNK)
     return read_end, write_end

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer._click import exceptions as click_exceptions
@@ -28,7 +28,7 @@ from .params import BUILTIN_PARAMETERS, Parameter, cli_name, to_toml_value
 from .project import Project, load_project
 
 EXPERIMENT_COMMANDS = ("run", "show-params", "distributed")
-Handler = Callable[[ExperimentInfo, dict[str, Any]], int]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 class ExperimentGroup(TyperGroup):
@@ -64,15 +64,15 @@ def _shown_default(value: Any) -> str:
 
 
 def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) for one declaration; values stay strings for pystematic to check."""
+    """(annotation, typer.Option) for a declaration; values stay strings for pystematic."""
     names = [param.option]
     if param.is_flag:
         names = [f"{param.option}/--no-{cli_name(param.name)}"]
-        annotation: Any = Optional[bool]
+        annotation: Any = bool | None
     elif param.multiple:
-        annotation = Optional[list[str]]
+        annotation = list[str] | None
     else:
-        annotation = Optional[str]
+        annotation = str | None
     help_text = param.help
     if param.multiple:
         help_text += " [repeatable]"
@@ -196,7 +196,8 @@ def _show_params_handler(project: Project) -> Callable[[ExperimentInfo], Any]:
             resolved = resolve_parameters(info.id, params, info.defaults, project, values)
             rows = []
             for p in params:
-                value = resolved.values.get(p.name)
+                # Custom parse callables show their input string, as parameters.toml keeps it.
+                value = resolved.raw.get(p.name, resolved.values.get(p.name))
                 rows.append(
                     {
                         "name": p.name,
@@ -243,17 +244,23 @@ def _print_params_table(info: ExperimentInfo, rows: list[dict[str, Any]]) -> Non
     Console().print(table)
 
 
-LAUNCH_OPTIONS: list[tuple[str, Any, Any]] = [
-    ("launch_gpus", Optional[int], typer.Option(None, "--gpus", help="GPUs (ranks) per node, nccl.", rich_help_panel="launch")),
-    ("launch_nproc", Optional[int], typer.Option(None, "--nproc", help="CPU ranks per node, gloo.", rich_help_panel="launch")),
-    ("launch_nnodes", int, typer.Option(1, "--nnodes", help="Number of nodes.", rich_help_panel="launch")),
-    ("launch_node_rank", Optional[int], typer.Option(None, "--node-rank", help="This node's rank (static rendezvous).", rich_help_panel="launch")),
-    ("launch_master_addr", Optional[str], typer.Option(None, "--master-addr", help="Address of node 0 (static rendezvous).", rich_help_panel="launch")),
-    ("launch_master_port", Optional[int], typer.Option(None, "--master-port", help="Port on node 0 (static rendezvous).", rich_help_panel="launch")),
-    ("launch_rdzv_endpoint", Optional[str], typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the c10d rendezvous.", rich_help_panel="launch")),
-    ("launch_rdzv_id", Optional[str], typer.Option(None, "--rdzv-id", help="Job id shared by all nodes.", rich_help_panel="launch")),
-    ("launch_max_restarts", int, typer.Option(0, "--max-restarts", help="Restart the worker group up to K times.", rich_help_panel="launch")),
-]  # fmt: skip
+def _launch_option(flag: str, kind: Any, default: Any, help_text: str) -> tuple[str, Any, Any]:
+    name = "launch_" + flag.lstrip("-").replace("-", "_")
+    option = typer.Option(default, flag, help=help_text, rich_help_panel="launch")
+    return name, kind if default is not None else kind | None, option
+
+
+LAUNCH_OPTIONS = [
+    _launch_option("--gpus", int, None, "GPUs (ranks) per node, nccl."),
+    _launch_option("--nproc", int, None, "CPU ranks per node, gloo."),
+    _launch_option("--nnodes", int, 1, "Number of nodes."),
+    _launch_option("--node-rank", int, None, "This node's rank (static rendezvous)."),
+    _launch_option("--master-addr", str, None, "Address of node 0 (static rendezvous)."),
+    _launch_option("--master-port", int, None, "Port on node 0 (static rendezvous)."),
+    _launch_option("--rdzv-endpoint", str, None, "HOST:PORT of the c10d rendezvous."),
+    _launch_option("--rdzv-id", str, None, "Job id shared by all nodes."),
+    _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
+]
 
 
 def _distributed_handler(
@@ -265,7 +272,9 @@ def _distributed_handler(
         def handle(kwargs: dict[str, Any]) -> int:
             from .runner import launch_distributed, resolve_parameters
 
-            launch = {k.removeprefix("launch_"): v for k, v in kwargs.items() if k.startswith("launch_")}
+            launch = {
+                k.removeprefix("launch_"): v for k, v in kwargs.items() if k.startswith("launch_")
+            }
             values = _given(kwargs, [p.name for p in params])
             resolved = resolve_parameters(info.id, params, info.defaults, project, values)
             assert info.experiment is not None
@@ -281,14 +290,17 @@ def _distributed_handler(
 
 
 def _list_command(project_loader: Callable[[], Project], script: Path | None) -> Callable[..., int]:
-    def list_experiments(
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> int:
+    def list_experiments(as_json: JsonFlag = False) -> int:
         """List the experiments of the project."""
         project = project_loader()
         found = discover(project, script=script)
         rows = [
-            {"name": i.id, "module": i.module, "file": _rel(i.file, project.root), "description": i.description}
+            {
+                "name": i.id,
+                "module": i.module,
+                "file": _rel(i.file, project.root),
+                "description": i.description,
+            }
             for i in found.experiments.values()
         ]
         if as_json:
@@ -302,7 +314,9 @@ def _list_command(project_loader: Callable[[], Project], script: Path | None) ->
             for column in ("name", "module", "description"):
                 table.add_column(column)
             for row in rows:
-                table.add_row(escape(row["name"]), escape(row["module"]), escape(row["description"]))
+                table.add_row(
+                    escape(row["name"]), escape(row["module"]), escape(row["description"])
+                )
             Console().print(table)
         for failure in found.failures:
             print(f"error: {failure.file}: {failure.message}", file=sys.stderr)
@@ -320,13 +334,23 @@ def _rel(path: str, root: Path) -> str:
 
 def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
     def runs(
-        experiment: Optional[str] = typer.Argument(None, help="Only runs of this experiment."),
-        sort: Optional[str] = typer.Option(None, "--sort", help="Sort by a metric or parameter (prefix '-' for descending)."),
-        filters: Optional[list[str]] = typer.Option(None, "--filter", help="key=value on params, tags, status (repeatable)."),
-        last: Optional[int] = typer.Option(None, "--last", help="Only the last N runs."),
-        output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where the runs are (default: config)."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> int:  # fmt: skip
+        experiment: Annotated[
+            str | None, typer.Argument(help="Only runs of this experiment.")
+        ] = None,
+        sort: Annotated[
+            str | None,
+            typer.Option(help="Sort by a metric or parameter ('-' first for descending)."),
+        ] = None,
+        filters: Annotated[
+            list[str] | None,
+            typer.Option("--filter", help="key=value on params, tags, status (repeatable)."),
+        ] = None,
+        last: Annotated[int | None, typer.Option(help="Only the last N runs.")] = None,
+        output_dir: Annotated[
+            Path | None, typer.Option(help="Where the runs are (default: config).")
+        ] = None,
+        as_json: JsonFlag = False,
+    ) -> int:
         """Past runs: status, the parameters that differ, last metrics."""
         from . import runs as runs_module
 
@@ -382,6 +406,12 @@ def _needs_import(argv: Sequence[str], command: str) -> bool:
     return any(a.startswith("--") and a not in ("--json", "--help") for a in after)
 
 
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"pystematic {__version__}")
+        raise typer.Exit()
+
+
 def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer:
     explicit = _project_flag(argv)
     cached: list[Project] = []
@@ -399,16 +429,17 @@ def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer
         add_completion=True,
     )
 
-    def version_callback(value: bool) -> None:
-        if value:
-            print(f"pystematic {__version__}")
-            raise typer.Exit()
-
     @app.callback()
     def root(
-        project: Optional[Path] = typer.Option(None, "-C", "--project", help="Project folder (default: found from the current folder up)."),
-        version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
-    ) -> None:  # fmt: skip
+        project: Annotated[
+            Path | None,
+            typer.Option("-C", "--project", help="Project folder (default: found from here up)."),
+        ] = None,
+        version: Annotated[
+            bool,
+            typer.Option(callback=version_callback, is_eager=True, help="Show the version."),
+        ] = False,
+    ) -> None:
         """Set up, run and keep track of reproducible PyTorch experiments."""
 
     app.command("list")(_list_command(project_loader, script))
@@ -421,7 +452,7 @@ def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer
         group = typer.Typer(cls=ExperimentGroup, no_args_is_help=True)
         help_text = {
             "run": "Run an experiment in a new run folder.",
-            "show-params": "Show an experiment's parameters, their values and where they came from.",
+            "show-params": "Show an experiment's parameters, values and their sources.",
             "distributed": "Run an experiment on several ranks (elastic launcher).",
         }[name]
         app.add_typer(group, name=name, help=help_text)
@@ -498,7 +529,9 @@ def global_entrypoint() -> None:
     """``ps.global_entrypoint()``: the pystematic CLI for the calling script's project."""
     main_module = sys.modules.get("__main__")
     file = getattr(main_module, "__file__", None)
-    sys.exit(run_cli(script=Path(file).resolve() if file else None, prog_name=Path(sys.argv[0]).name))
+    sys.exit(
+        run_cli(script=Path(file).resolve() if file else None, prog_name=Path(sys.argv[0]).name)
+    )
 
 
 def single_experiment_main(experiment: Any, argv: Sequence[str] | None = None) -> None:

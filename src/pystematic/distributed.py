@@ -25,11 +25,11 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pystematic.errors import DistributedError
 
@@ -377,7 +377,12 @@ class LaunchSpec:
 
 
 class RankFailedError(DistributedError):
-    """A rank of a launched group failed; names the root-cause rank and carries its traceback."""
+    """A rank of a launched group failed: the root-cause rank, its error and traceback.
+
+    ``message`` is that rank's own error (``"ValueError: boom"``, ``"killed by SIGKILL"``);
+    ``str()`` and ``format_message()`` give the one line the CLI prints,
+    ``"rank 1 failed: ValueError: boom"``.
+    """
 
     exit_code = 1
 
@@ -391,12 +396,15 @@ class RankFailedError(DistributedError):
         error_file: str | None = None,
     ) -> None:
         super().__init__(f"rank {rank} failed: {message}")
+        self.message = message
         self.rank = rank
         self.exitcode = exitcode
-        self.error_message = message  # ``.message`` is the one-line ``rank N failed: ...``
         self.traceback = traceback
         self.local_rank = local_rank
         self.error_file = error_file
+
+    def format_message(self) -> str:
+        return f"rank {self.rank} failed: {self.message}"
 
 
 class LaunchInterrupted(DistributedError):
@@ -543,19 +551,28 @@ def launch(
     SIGTERM to the launcher stops the ranks (the agent forwards the signal) and is then
     re-delivered to the caller's own handler, so Ctrl-C still ends in KeyboardInterrupt.
     """
+    import torch.distributed
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.launcher.api import elastic_launch
 
     if spec.use_gpus:
         check_gpus(spec.nproc_per_node)
     config = _launch_config(spec)
+    network_error: type[Exception] = getattr(torch.distributed, "DistNetworkError", OSError)
     received: int | None = None
     with _preserved_process_state(spec.nproc_per_node), _quiet_failure_report():
         try:
             result = elastic_launch(config, entrypoint)(*args)
         except ChildFailedError as exc:
-            raise _rank_failed(exc) from None
+            raise _rank_failed(exc, spec.log_dir / f"{config.run_id}_*") from None
+        except (network_error, RendezvousError) as exc:
+            # The launcher's own rendezvous: a port in use, a master that never answers.
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DistributedError(
+                f"rendezvous at {config.rdzv_endpoint} failed: {first_line}"
+            ) from None
         except SignalException as exc:
             received = int(exc.sigval)
     if received is not None:
@@ -568,7 +585,7 @@ def launch(
     return dict(result)
 
 
-def _rank_failed(exc: Any) -> RankFailedError:
+def _rank_failed(exc: Any, run_log_dirs: Path) -> RankFailedError:
     """Turn torch's ChildFailedError into a RankFailedError about the root-cause rank.
 
     torch reports the first rank whose exit its monitor noticed; when a peer dies of that
@@ -576,24 +593,24 @@ def _rank_failed(exc: Any) -> RankFailedError:
     named rank 0's "Connection closed by peer" for rank 1's ValueError). A rank that dies of
     a peer's failure writes its error file later (about 0.25 s here), so among the error
     files this node's ranks wrote in that attempt the oldest names the rank that failed
-    first. (Other nodes' files are out of reach: on several
-    nodes each launcher reports the first failure it saw among its own ranks.)
+    first. Other nodes' files are out of reach: on several nodes each launcher reports the
+    first failure among its own ranks. ``run_log_dirs`` is the glob (``<log_dir>/<run_id>_*``)
+    of this launch's log folders, for when torch's pick left no error file.
     """
     rank, failure = exc.get_first_failure()
     base = rank - failure.local_rank  # global rank of this node's local rank 0
+    has_file = os.path.isfile(failure.error_file)
     best: tuple[int, int, str] | None = None  # (mtime_ns, local_rank, path)
     # A rank that exited without an error file (sys.exit, OOM kill, segfault) and was seen
     # first is the root cause, and its peers' errors came after -- except SIGABRT, which is
     # how ranks die of a peer's failure inside C++ (gloo teardown, NCCL's watchdog).
-    if os.path.isfile(failure.error_file) or failure.exitcode == -signal.SIGABRT:
-        attempt_dir = Path(failure.error_file).parent.parent
-        for path in attempt_dir.glob("*/error.json"):
-            if path.parent.name.isdigit():
-                stamp = (path.stat().st_mtime_ns, int(path.parent.name), str(path))
-                best = stamp if best is None or stamp < best else best
+    if has_file or failure.exitcode == -signal.SIGABRT:
+        for path in _attempt_dir_files(failure.error_file if has_file else None, run_log_dirs):
+            stamp = (path.stat().st_mtime_ns, int(path.parent.name), str(path))
+            best = stamp if best is None or stamp < best else best
     exitcode = failure.exitcode
     data: Any = failure.message
-    error_file = failure.error_file if os.path.isfile(failure.error_file) else None
+    error_file = failure.error_file if has_file else None
     local_rank = failure.local_rank
     if best is not None and best[1] != failure.local_rank:
         local_rank, error_file = best[1], best[2]
@@ -609,6 +626,18 @@ def _rank_failed(exc: Any) -> RankFailedError:
         local_rank=local_rank,
         error_file=error_file,
     )
+
+
+def _attempt_dir_files(known_file: str | None, run_log_dirs: Path) -> list[Path]:
+    """The ``<local_rank>/error.json`` files of the failed attempt."""
+    if known_file is not None:
+        attempt_dir = Path(known_file).parent.parent
+    else:  # the newest attempt folder of this launch
+        attempts = list(run_log_dirs.parent.glob(f"{run_log_dirs.name}/attempt_*"))
+        if not attempts:
+            return []
+        attempt_dir = max(attempts, key=lambda p: p.stat().st_mtime_ns)
+    return [p for p in attempt_dir.glob("*/error.json") if p.parent.name.isdigit()]
 
 
 def _read_error_file(path: str) -> Any:

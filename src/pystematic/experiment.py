@@ -37,7 +37,7 @@ def _check_new(owner: str, existing: Sequence[Parameter], param: Parameter) -> N
 class Group:
     """Experiments under one CLI name (``pystematic run vision fit``) sharing parameters."""
 
-    def __init__(self, name: str, *, help: str | None = None) -> None:  # noqa: A002
+    def __init__(self, name: str, *, help: str | None = None) -> None:
         self.name = name
         self.help = help or ""
         self.experiments: list[Experiment] = []
@@ -64,7 +64,7 @@ class Group:
         main: None = None,
         *,
         name: str | None = None,
-        help: str | None = None,  # noqa: A002
+        help: str | None = None,
         defaults: Mapping[str, Any] | None = None,
     ) -> Callable[[MainFunction], Experiment]: ...
 
@@ -73,7 +73,7 @@ class Group:
         main: MainFunction | None = None,
         *,
         name: str | None = None,
-        help: str | None = None,  # noqa: A002
+        help: str | None = None,
         defaults: Mapping[str, Any] | None = None,
     ) -> Experiment | Callable[[MainFunction], Experiment]:
         """Declare an experiment of this group; same arguments as ``ps.experiment``."""
@@ -97,7 +97,7 @@ class Experiment:
         main: MainFunction,
         *,
         name: str | None = None,
-        help: str | None = None,  # noqa: A002
+        help: str | None = None,
         defaults: Mapping[str, Any] | None = None,
         group: Group | None = None,
     ) -> None:
@@ -173,7 +173,7 @@ def _make(
     fn: MainFunction,
     *,
     name: str | None,
-    help: str | None,  # noqa: A002
+    help: str | None,
     defaults: Mapping[str, Any] | None,
     group: Group | None,
 ) -> Experiment:
@@ -189,7 +189,7 @@ def experiment(
     main: None = None,
     *,
     name: str | None = None,
-    help: str | None = None,  # noqa: A002
+    help: str | None = None,
     defaults: Mapping[str, Any] | None = None,
 ) -> Callable[[MainFunction], Experiment]: ...
 
@@ -198,7 +198,7 @@ def experiment(
     main: MainFunction | None = None,
     *,
     name: str | None = None,
-    help: str | None = None,  # noqa: A002
+    help: str | None = None,
     defaults: Mapping[str, Any] | None = None,
 ) -> Experiment | Callable[[MainFunction], Experiment]:
     """Turn ``main(params, context)`` into an experiment; bare or with arguments."""
@@ -208,9 +208,11 @@ def experiment(
 
 
 def group(
-    target: MainFunction | str, *, help: str | None = None  # noqa: A002
+    target: MainFunction | str,
+    *,
+    help: str | None = None,
 ) -> Group:
-    """``vision = ps.group("vision")``, or ``@ps.group`` on a function whose docstring is the help."""
+    """``vision = ps.group("vision")``, or ``@ps.group`` on a function (docstring = help)."""
     if isinstance(target, str):
         return Group(target, help=help)
     grp = Group(target.__name__, help=help if help is not None else _first_line(target.__doc__))

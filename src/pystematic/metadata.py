@@ -73,6 +73,12 @@ class _Command:
         self.out.seek(0)
         return returncode, self.out.read()
 
+    def wait_and_close(self, timeout: float) -> tuple[int, bytes]:
+        try:
+            return self.wait(timeout)
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -85,6 +91,10 @@ def _git_env() -> dict[str, str]:
     env["GIT_OPTIONAL_LOCKS"] = "0"  # never take index.lock: the user may be committing
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
+
+
+# Untracked files (not ignored), from the top of the repo, whatever the working folder.
+_LS_FILES = ["ls-files", "--others", "--exclude-standard", "-z", "--full-name", ":/"]
 
 
 class GitProbe:
@@ -104,14 +114,7 @@ class GitProbe:
                 "head": ["rev-parse", "--show-toplevel", "HEAD"],
                 "branch": ["symbolic-ref", "--short", "-q", "HEAD"],
                 "diff": ["diff", *diff_args, "HEAD", "--"],
-                "untracked": [
-                    "ls-files",
-                    "--others",
-                    "--exclude-standard",
-                    "-z",
-                    "--full-name",
-                    ":/",
-                ],
+                "untracked": _LS_FILES,
             }.items():
                 self._commands[key] = _Command(args, self.root)
         except OSError:  # git is not installed, or root is gone
@@ -135,16 +138,20 @@ class GitProbe:
         for key, command in self._commands.items():
             outputs[key] = command.wait(max(0.0, deadline - time.monotonic()))
         head_rc, head = outputs["head"]
-        lines = head.decode().splitlines()
+        lines = os.fsdecode(head).splitlines()
         if not lines:  # not a git repository
             return _NO_GIT
         toplevel = Path(lines[0])
         commit = lines[1] if head_rc == 0 and len(lines) > 1 else None
         branch_rc, branch = outputs["branch"]
         diff_rc, diff = outputs["diff"]
-        if diff_rc != 0:  # no commit yet: nothing to diff against
+        new_files = outputs["untracked"][1]
+        if diff_rc != 0:
             diff = b""
-        untracked = [p for p in outputs["untracked"][1].decode().split("\0") if p]
+        if commit is None:  # no commit yet: every file, staged ones included, is new
+            ls_files = _Command([*_LS_FILES, "--cached"], self.root)
+            new_files = ls_files.wait_and_close(max(0.0, deadline - time.monotonic()))[1]
+        untracked = [p for p in os.fsdecode(new_files).split("\0") if p]
         text = diff.decode("utf-8", "surrogateescape")
         text += self._untracked_diff(toplevel, untracked)
         return GitInfo(

@@ -91,9 +91,9 @@ class Parameter:
 
 def parameter(
     name: str,
-    type: Callable[..., Any] = str,  # noqa: A002 - mirrors the design's keyword
+    type: Callable[..., Any] = str,
     default: Any = None,
-    help: str = "",  # noqa: A002
+    help: str = "",
     choices: Sequence[Any] | None = None,
     required: bool = False,
     multiple: bool = False,
@@ -163,7 +163,9 @@ def declared_order(applied: Sequence[Parameter]) -> list[Parameter]:
     return list(reversed(applied))
 
 
-def _builtin(name: str, type_: Callable[..., Any], default: Any, help_: str, **kw: Any) -> Parameter:
+def _builtin(
+    name: str, type_: Callable[..., Any], default: Any, help_: str, **kw: Any
+) -> Parameter:
     return Parameter(
         name=name, type=type_, default=default, help=help_, builtin=True, group="pystematic", **kw
     )
@@ -177,7 +179,7 @@ BUILTIN_PARAMETERS: tuple[Parameter, ...] = (
     _builtin("debug", bool, False, "Log at DEBUG level."),
     _builtin("pdb", bool, False, "Start the post-mortem debugger on an exception."),
     _builtin("recorder", str, None, "Recorder backend(s) for this run.", multiple=True),
-    _builtin("tag", str, None, "A label kept in run.json (repeatable).", multiple=True),
+    _builtin("tag", str, None, "A label kept in run.json.", multiple=True),
     _builtin("resume", Path, None, "Run folder or checkpoint to continue."),
 )
 BUILTIN_NAMES = frozenset(p.name for p in BUILTIN_PARAMETERS)
@@ -244,7 +246,11 @@ def _convert_one(param: Parameter, value: Any) -> Any:
             return int(value)
         if isinstance(value, str):
             try:
-                return int(value.strip(), 0) if value.strip()[:2].lower() in ("0x", "0b") else int(value)
+                return (
+                    int(value.strip(), 0)
+                    if value.strip()[:2].lower() in ("0x", "0b")
+                    else int(value)
+                )
             except ValueError:
                 pass
         raise ValueError("an integer")

@@ -67,7 +67,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_parameters(run_dir: Path, snapshot: Mapping[str, Any], name: str = PARAMETERS_TOML) -> None:
+def write_parameters(
+    run_dir: Path, snapshot: Mapping[str, Any], name: str = PARAMETERS_TOML
+) -> None:
     import tomli_w
 
     write_atomic(run_dir / name, tomli_w.dumps(dict(snapshot)).encode("utf-8"))
@@ -99,11 +101,16 @@ def update_run_json(run_dir: Path, fields: Mapping[str, Any]) -> dict[str, Any]:
         data = read_run_json(run_dir)
         new = dict(fields)
         old_status = data.get("status")
-        if "status" in new and old_status in STATUS_RANK and new["status"] in STATUS_RANK:
-            if old_status != "running" and STATUS_RANK[new["status"]] < STATUS_RANK[old_status]:
-                # Keep the stronger final state and what explains it.
-                for key in ("status", "error", "traceback", "failed_rank", "end", "duration"):
-                    new.pop(key, None)
+        weaker = (
+            new.get("status") in STATUS_RANK
+            and old_status in STATUS_RANK
+            and old_status != "running"
+            and STATUS_RANK[new["status"]] < STATUS_RANK[old_status]
+        )
+        if weaker:
+            # Keep the stronger final state and what explains it.
+            for key in ("status", "error", "traceback", "failed_rank", "end", "duration"):
+                new.pop(key, None)
         data.update(new)
         write_atomic(run_dir / RUN_JSON, json.dumps(data, indent=1, default=str).encode("utf-8"))
         return data

@@ -8,6 +8,7 @@ the right status, the metrics flushed and the output log closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -43,7 +44,7 @@ def start_probes(project: Project) -> None:
     """Start git in the background before user modules (and torch) are imported."""
     global _probe
     if _probe is None:
-        _probe = GitProbe(project.root)
+        _probe = GitProbe(project.root, exclude=(project.output_dir,))
 
 
 # ---------------------------------------------------------------- parameters
@@ -150,12 +151,10 @@ def _install_sigterm() -> Any:
 
 def _heartbeat(run_dir: Path, ctx: Context, stop: threading.Event) -> None:
     while not stop.wait(rundir.HEARTBEAT_SECONDS):
-        try:
+        with contextlib.suppress(OSError):
             rundir.update_run_json(
                 run_dir, {"heartbeat": rundir.now_iso(), "metrics": ctx.recorder.last_scalars}
             )
-        except OSError:
-            pass
 
 
 def _configure_logging(debug: bool) -> None:
@@ -176,7 +175,7 @@ def _start_record(
 ) -> None:
     """Everything written at the start of a run: snapshot, run.json, packages, git."""
     rundir.write_parameters(run_dir, snapshot)
-    probe = _probe or GitProbe(project.root)
+    probe = _probe or GitProbe(project.root, exclude=(project.output_dir,))
     git = probe.result()
     now = rundir.now_iso()
     info = environment_info()
@@ -222,7 +221,9 @@ def _note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) ->
 
         age = (datetime.now(timezone.utc) - datetime.fromisoformat(heartbeat)).total_seconds()
         if age < 3 * rundir.HEARTBEAT_SECONDS:
-            raise RunDirError(f"--resume {run_dir}: that run is still running (heartbeat {age:.0f}s ago)")
+            raise RunDirError(
+                f"--resume {run_dir}: that run is still running (heartbeat {age:.0f}s ago)"
+            )
     n = 1
     while (run_dir / f"parameters.{n}.toml").exists():
         n += 1
@@ -293,12 +294,13 @@ def execute(
         values["random_seed"] = shared(seeding.draw_seed() if rank == 0 else None)
         snapshot = {**snapshot, "random_seed": values["random_seed"]}
     seed = int(values["random_seed"])
-    created_here = run_dir is None
     if run_dir is None:
         if resuming:
             run_dir = resume_dir(Path(values["resume"]))
         else:
-            output_dir = Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
+            output_dir = (
+                Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
+            )
             run_dir = shared(rundir.create_run_dir(output_dir, exp.id) if rank == 0 else None)
         assert run_dir is not None
         if rank == 0:
@@ -317,38 +319,40 @@ def execute(
     capture = OutputCapture(run_dir / log_name)
     capture.start()
     previous_sigterm = _install_sigterm()
-    _configure_logging(bool(values.get("debug")))
-    seeding.set_current_rank(rank)
-    os.environ.setdefault("RANK", str(rank))  # DataLoader workers started by spawn read it
-    seeding.seed_all(seed)
-    seeding.set_deterministic(bool(values.get("deterministic")))
-    recorder = Recorder(
-        run_dir,
-        backends=list(values.get("recorder") or project.recorder),
-        rank=rank,
-        world_size=world_size,
-    )
-    ctx = Context(
-        params=Params(values),
-        output_dir=run_dir,
-        seed=seed,
-        recorder=recorder,
-        rank=rank,
-        local_rank=env.local_rank if env else 0,
-        world_size=world_size,
-        device=_device(env, backend),
-        resume_from=Path(values["resume"]) if resuming else None,
-    )
-    set_current(ctx)
+    recorder: Recorder | None = None
     stop_heartbeat = threading.Event()
-    beat = None
-    if rank == 0:
-        beat = threading.Thread(target=_heartbeat, args=(run_dir, ctx, stop_heartbeat), daemon=True)
-        beat.start()
     began = time.time()
     outcome = RunOutcome(EXIT_OK, run_dir)
     end: dict[str, Any] = {"status": "completed"}
     try:
+        # Setup failures count as the run's failure too: run.json must never stay "running".
+        _configure_logging(bool(values.get("debug")))
+        seeding.set_current_rank(rank)
+        os.environ.setdefault("RANK", str(rank))  # DataLoader workers started by spawn read it
+        seeding.seed_all(seed)
+        seeding.set_deterministic(bool(values.get("deterministic")))
+        recorder = Recorder(
+            run_dir,
+            backends=list(values.get("recorder") or project.recorder),
+            rank=rank,
+            world_size=world_size,
+        )
+        ctx = Context(
+            params=Params(values),
+            output_dir=run_dir,
+            seed=seed,
+            recorder=recorder,
+            rank=rank,
+            local_rank=env.local_rank if env else 0,
+            world_size=world_size,
+            device=_device(env, backend),
+            resume_from=Path(values["resume"]) if resuming else None,
+        )
+        set_current(ctx)
+        if rank == 0:
+            threading.Thread(
+                target=_heartbeat, args=(run_dir, ctx, stop_heartbeat), daemon=True
+            ).start()
         outcome.value = exp.main(ctx.params, ctx)
         problem = ctx.seed_problems()
         if problem:
@@ -373,9 +377,10 @@ def execute(
     finally:
         stop_heartbeat.set()
         try:
-            if rank == 0 and end["status"] == "completed":
-                recorder.hparams(snapshot)
-            recorder.close()
+            if recorder is not None:
+                if rank == 0 and end["status"] == "completed":
+                    recorder.hparams(snapshot)
+                recorder.close()
         finally:
             set_current(None)
             if rank == 0 or end["status"] != "completed":
@@ -386,7 +391,7 @@ def execute(
                         "end": rundir.now_iso(),
                         "duration": round(time.time() - began, 3),
                         "heartbeat": rundir.now_iso(),
-                        "metrics": recorder.last_scalars,
+                        "metrics": recorder.last_scalars if recorder is not None else {},
                     },
                 )
             if previous_sigterm is not None:
@@ -396,7 +401,6 @@ def execute(
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-    del created_here
     return outcome
 
 

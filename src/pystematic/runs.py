@@ -23,6 +23,7 @@ A record is a plain dict (JSON-ready, so ``--json`` prints it as is and
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -30,10 +31,10 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any
 
 from .errors import ParameterError
 
@@ -65,7 +66,7 @@ STATUS_STYLES = {
     "interrupted": "yellow",
 }
 
-Filter = Union[str, tuple[str, str]]  # "KEY=VALUE" or a parse_filters pair
+Filter = str | tuple[str, str]  # "KEY=VALUE" or a parse_filters pair
 
 
 class CorruptRunWarning(UserWarning):
@@ -245,7 +246,7 @@ def _timestamp(value: Any) -> float | None:
     """POSIX time of an ISO-8601 string (naive means UTC); None when absent or unparsable."""
     if not isinstance(value, str):
         return None
-    if value.endswith("Z"):  # fromisoformat accepts "Z" only from Python 3.11
+    if value.endswith("Z"):  # fromisoformat accepts "Z" from Python 3.11 only
         value = value[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(value)
@@ -468,17 +469,16 @@ def runs_table(records: Sequence[dict[str, Any]]) -> Table:
     """A rich table of *records*: id, experiment, status, duration, params, last metrics.
 
     Parameter columns are those that differ between the records (all of them when there is
-    one record); the experiment column is left out when all records share one experiment
-    (it is in the title then). Values are plain text, never read as markup. Every run keeps
-    one line: when the terminal is too narrow, parameter and metric columns shrink first and
-    values are cut with an ellipsis, then the table is cropped at the right edge.
+    one record), then the metrics, then ``random_seed``; the experiment column is left out
+    when all records share one experiment (it is in the title then). Values are plain text,
+    never read as markup, and every run keeps one line: when the table is wider than the
+    terminal, the widest parameter and metric columns are cut (with an ellipsis) first,
+    then columns are left out from the right and named in the caption.
 
-    For speed the table has a single row whose cells hold one line per run (rich lays out a
-    cell in about 60 µs: 2,000 runs x 16 columns took 2 s to print cell by cell, 0.3 s so).
+    For speed the table has a single row whose cells hold one line per run, and it lays out
+    its columns itself when printed: rich measures and wraps each cell on its own at about
+    60 µs a cell, so 2,000 runs x 16 columns took 2 s to print that way.
     """
-    from rich.table import Table
-    from rich.text import Text
-
     experiments = {r["experiment"] for r in records}
     one_experiment = next(iter(experiments)) if len(experiments) == 1 else None
     params = list(records[0]["params"]) if len(records) == 1 else differing_params(records)
@@ -486,88 +486,178 @@ def runs_table(records: Sequence[dict[str, Any]]) -> Table:
     for record in records:
         metric_names.update(dict.fromkeys(record["metrics"]))
 
-    count = f"{len(records)} run{'' if len(records) == 1 else 's'}"
-    title = f"{one_experiment}: {count}" if one_experiment else count
-    table = Table(title=title, title_justify="left", header_style="bold")
-    if not records:
-        return table
-
-    column_cells: list[_Lines] = []
-
-    def add(header: str, cells: list[tuple[str, str]], justify: str, fixed: bool = False) -> None:
-        lines = _Lines(cells, justify)
-        width = max(lines.width, len(header))
-        table.add_column(
-            Text(header),
-            justify="right" if justify == "right" else "left",
-            # Fixed columns (id, status...) keep their width; the others give way.
-            width=width if fixed else None,
-            no_wrap=fixed,
-            min_width=None if fixed else min(width, 6),
-        )
-        column_cells.append(lines)
-
-    add("id", [(r["id"], "bold") for r in records], "left", fixed=True)
+    columns = [_Column("id", [(r["id"], "bold") for r in records], fixed=True)]
     if one_experiment is None:
-        add("experiment", [(r["experiment"], "") for r in records], "left", fixed=True)
-    add("status", [_status_cell(r) for r in records], "left", fixed=True)
+        columns.append(_Column("experiment", [(r["experiment"], "") for r in records], fixed=True))
+    columns.append(_Column("status", [_status_cell(r) for r in records], fixed=True))
     durations = [(format_duration(r["duration"]), "") for r in records]
-    add("duration", durations, "right", fixed=True)
+    columns.append(_Column("duration", durations, fixed=True, right=True))
     for name in params:
-        add(name, [_value_cell(r["params"], name, format_value, "cyan") for r in records], "left")
+        if name not in _LATE_PARAMS:
+            cells = [_value_cell(r["params"], name, format_value, "cyan") for r in records]
+            columns.append(_Column(name, cells))
     for name in metric_names:
         cells = [_value_cell(r["metrics"], name, format_metric, "magenta") for r in records]
-        add(name, cells, "right")
-    table.add_row(*column_cells)
-    return table
+        columns.append(_Column(name, cells, right=True))
+    for name in params:  # the seed last: the first column left out when space runs short
+        if name in _LATE_PARAMS:
+            cells = [_value_cell(r["params"], name, format_value, "cyan") for r in records]
+            columns.append(_Column(name, cells))
+
+    count = f"{len(records)} run{'' if len(records) == 1 else 's'}"
+    title = f"{one_experiment}: {count}" if one_experiment else count
+    return _table_class()(columns, has_rows=bool(records), title=title)
 
 
-class _Lines:
-    """A column of one-line values, cut or padded to the column width directly.
+#: Narrowest a parameter or metric column gets before columns are left out.
+MIN_COLUMN_WIDTH = 8
 
-    Rich's Text would divide, wrap, crop and justify each line on its own, at 30 µs a line;
-    this yields one ready segment per line.
-    """
 
-    def __init__(self, cells: list[tuple[str, str]], justify: str) -> None:
+class _Column:
+    """One column of the runs table: its header and one line of text per run."""
+
+    def __init__(
+        self, header: str, cells: list[tuple[str, str]], fixed: bool = False, right: bool = False
+    ) -> None:
         from rich.cells import cell_len
         from rich.control import strip_control_codes
 
+        self.header = header
+        # A value stays on one line whatever it holds, so the runs stay aligned.
         self.cells = [
             (strip_control_codes(text.replace("\n", " ")), style) for text, style in cells
         ]
-        self.justify = justify
-        self.width = max((_cells(text, cell_len) for text, _ in self.cells), default=0)
+        self.fixed = fixed  # id, experiment, status, duration: never cut
+        self.right = right
+        self.width = max((_cells(t, cell_len) for t, _ in self.cells), default=0)
+        self.width = max(self.width, _cells(header, cell_len))
+        self.minimum = self.width if fixed else min(self.width, MIN_COLUMN_WIDTH)
+
+    def fit(self, text: str, width: int) -> str:
+        """*text* cut (with an ellipsis) or padded to *width* cells, plus a space either side."""
+        from rich.cells import cell_len, set_cell_size
+
+        size = _cells(text, cell_len)
+        if size > width:
+            text = set_cell_size(text, width - 1) + "…" if width > 1 else "…"[:width]
+        elif size < width:
+            pad = " " * (width - size)
+            text = pad + text if self.right else text + pad
+        return f" {text} "
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """One ready segment per line, padding included (see RunsTable)."""
+        from rich.segment import Segment
+
+        width = options.max_width - 2
+        newline = Segment.line()
+        styles: dict[str, Style | None] = {"": None}
+        for text, style_name in self.cells:
+            if style_name not in styles:
+                styles[style_name] = console.get_style(style_name)
+            yield Segment(self.fit(text, width), styles[style_name])
+            yield newline
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         from rich.measure import Measurement
 
-        return Measurement(min(self.width, 1), self.width)
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        from rich.cells import cell_len, set_cell_size
-        from rich.segment import Segment
-
-        width = options.max_width
-        right = self.justify == "right"
-        newline = Segment.line()
-        styles: dict[str, Style | None] = {"": None}
-        for text, style_name in self.cells:
-            size = _cells(text, cell_len)
-            if size > width:
-                text = set_cell_size(text, width - 1) + "…" if width > 1 else "…"[:width]
-            elif size < width:
-                pad = " " * (width - size)
-                text = pad + text if right else text + pad
-            if style_name not in styles:
-                styles[style_name] = console.get_style(style_name)
-            yield Segment(text, styles[style_name])
-            yield newline
+        return Measurement(self.minimum, self.width)
 
 
 def _cells(text: str, cell_len: Callable[[str], int]) -> int:
     """Terminal cells *text* takes (wide characters take two)."""
     return len(text) if text.isascii() else cell_len(text)
+
+
+def fit_widths(
+    naturals: Sequence[int], minimums: Sequence[int], max_width: int, fixed: int = 0
+) -> list[int]:
+    """Column widths (content only) for a table of at most *max_width* cells, boxed and padded.
+
+    Columns shrink widest first, each down to its minimum. When even the minimums do not
+    fit, columns are left out from the right (the result is shorter), but never the first
+    *fixed* ones: when those alone do not fit, rich crops the table at the terminal's edge.
+    """
+    keep = len(naturals)
+    while True:
+        budget = max_width - (3 * keep + 1)  # "│ " + " " around each, "│" at the end
+        wanted, least = list(naturals[:keep]), list(minimums[:keep])
+        if sum(wanted) <= budget:
+            return wanted
+        if sum(least) <= budget:
+            return _water_level(wanted, least, budget)
+        if keep <= fixed:
+            return wanted
+        keep -= 1
+
+
+def _water_level(wanted: list[int], least: list[int], budget: int) -> list[int]:
+    """Cap every column at one level, as high as fits, then give the spare cells out."""
+
+    def widths(level: int) -> list[int]:
+        return [max(low, min(want, level)) for want, low in zip(wanted, least, strict=True)]
+
+    low, high = 0, max(wanted)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(widths(mid)) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    result = widths(low)
+    spare = budget - sum(result)
+    for i, want in enumerate(wanted):
+        if spare and result[i] < want:
+            result[i] += 1
+            spare -= 1
+    return result
+
+
+@functools.cache
+def _table_class() -> Callable[..., Table]:
+    """The runs table type, made on first use so that importing this module skips rich."""
+    from rich.table import Table
+    from rich.text import Text
+
+    class RunsTable(Table):
+        """A Table of one multi-line row that picks its column widths when printed."""
+
+        def __init__(self, columns: list[_Column], *, has_rows: bool, title: str) -> None:
+            super().__init__(title=title, title_justify="left", header_style="bold")
+            self.run_columns = columns
+            for column in columns:
+                self.add_column(Text(column.header), justify="right" if column.right else "left")
+            if has_rows:
+                self.add_row(*columns)
+
+        def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+            columns = self.run_columns
+            widths = fit_widths(
+                [c.width for c in columns],
+                [c.minimum for c in columns],
+                options.max_width,
+                fixed=sum(c.fixed for c in columns),
+            )
+            left_out = [c.header for c in columns[len(widths) :]]
+            caption = f"not shown, too wide: {', '.join(left_out)}" if left_out else None
+            # The columns pad their own lines: rich's padding would render every line again.
+            table = Table(
+                title=self.title,
+                title_justify=self.title_justify,
+                header_style=self.header_style,
+                caption=caption,
+                caption_justify="left",
+                padding=0,
+            )
+            for column, width in zip(columns, widths, strict=False):  # widths may be fewer
+                table.add_column(
+                    Text(column.fit(column.header, width)), width=width + 2, no_wrap=True
+                )
+            if self.rows:
+                table.add_row(*columns[: len(widths)])
+            yield table
+
+    return RunsTable
 
 
 def _value_cell(

@@ -73,7 +73,11 @@ def load_torch(path: Path, map_location: Any = None) -> Any:
 
 def unwrap(module: Any) -> Any:
     """The plain module under a DDP wrapper, so state dicts have no ``module.`` prefix."""
-    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
+    return (
+        getattr(module, "module", module)
+        if type(module).__name__ == "DistributedDataParallel"
+        else module
+    )
 
 
 def state_of(objects: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,10 @@ def train(params: ps.Params, context: ps.Context) -> float:
     data = make_data(context.new_seed("data"), params.samples, features=8, classes=4)
     dataset = Augmented(data, 0.3) if params.augment else data
     model = nn.Sequential(
-        nn.Linear(8, params.hidden), nn.ReLU(), nn.Dropout(params.dropout), nn.Linear(params.hidden, 4)
+        nn.Linear(8, params.hidden),
+        nn.ReLU(),
+        nn.Dropout(params.dropout),
+        nn.Linear(params.hidden, 4),
     )
     model = context.ddp(model)
     opt_class = torch.optim.SGD if params.optimizer == "sgd" else torch.optim.Adam

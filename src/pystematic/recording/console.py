@@ -35,9 +35,7 @@ class ConsoleBackend(Backend):
             from rich.console import Console
 
             self._console = Console(stderr=True, highlight=False)
-        fields = "  ".join(
-            f"[bold]{tag}[/bold] {_format(v)}" for tag, v in record.scalars.items()
-        )
+        fields = "  ".join(f"[bold]{tag}[/bold] {_format(v)}" for tag, v in record.scalars.items())
         self._console.print(f"step {record.step}  {fields}", markup=True, soft_wrap=True)
 
     def write_steps(self, records: Sequence[StepRecord]) -> None:
