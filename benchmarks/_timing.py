@@ -89,7 +89,7 @@ class Verdict:
         return f"{self.what}: {shown}; {target}: {'PASS' if self.passed else 'FAIL'}"
 
 
-def parser(description: str, default_rounds: int = MIN_ROUNDS, min_rounds: int = 1) -> Any:
+def parser(description: str, default_rounds: int = MIN_ROUNDS) -> argparse.ArgumentParser:
     """An argparse parser with the common ``--rounds`` and ``--json`` options."""
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,13 +102,17 @@ def parser(description: str, default_rounds: int = MIN_ROUNDS, min_rounds: int =
         f"fewer than {MIN_ROUNDS} is only a smoke test)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout only")
-    p.set_defaults(min_rounds=min_rounds)
     return p
 
 
-def check_rounds(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.rounds < args.min_rounds:
-        p.error(f"--rounds must be at least {args.min_rounds}")
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse sys.argv; warn when there are too few rounds to mean anything."""
+    args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    if args.rounds < MIN_ROUNDS:
+        log(args, f"note: {args.rounds} rounds < {MIN_ROUNDS}: a smoke test, not a measurement")
+    return args
 
 
 def log(args: argparse.Namespace, *parts: object) -> None:
@@ -117,18 +121,28 @@ def log(args: argparse.Namespace, *parts: object) -> None:
 
 
 def timed(
-    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> float:
-    """Wall time of one fresh process, start to exit; raises CommandFailed on a non-zero exit."""
+    """Wall time of one fresh process, start to exit.
+
+    Raises CommandFailed on a non-zero exit or when it runs past *timeout* seconds.
+    """
     begin = time.perf_counter()
-    proc = subprocess.run(
-        list(argv),
-        cwd=cwd,
-        env=None if env is None else dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    try:
+        proc = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(f"timed out after {timeout} s: {' '.join(argv)}") from exc
     elapsed = time.perf_counter() - begin
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-8:]
@@ -157,6 +171,7 @@ def interleave(
     env: Mapping[str, str] | None = None,
     warmup: int = 1,
     args: argparse.Namespace | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Stats]:
     """Time every command once per round, reversing the order every other round.
 
@@ -168,7 +183,7 @@ def interleave(
     for i in range(warmup + rounds):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            elapsed = timed(commands[name], cwd=cwd, env=env)
+            elapsed = timed(commands[name], cwd=cwd, env=env, timeout=timeout)
             if i >= warmup:
                 stats[name].times.append(elapsed)
         if args is not None and i >= warmup:
@@ -213,6 +228,7 @@ def report(
             "machine": machine(),
             "commands": {name: s.summary() for name, s in stats.items()},
             "verdicts": [{**asdict(v), "passed": v.passed} for v in verdicts],
+            "notes": list(notes),
             **(extra or {}),
         }
         print(json.dumps(summary, indent=2))

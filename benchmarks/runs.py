@@ -9,7 +9,7 @@ alternating which goes first, over ``--rounds`` rounds (after one warm-up round)
   rendered by rich to a colour terminal of 200 columns (into memory);
 - ``json``: the same load and select, then ``json.dumps`` of the records (``--json``);
 - ``cli --json`` / ``cli table``: ``pystematic runs [--json] --output-dir DIR``, when that
-  command exists and works.
+  command exists and works (the table with ``COLUMNS=200 FORCE_COLOR=1``, as on a terminal).
 
 Prints the median wall time of each, its ratio to the baseline, and whether it is under the
 1 s target, plus an in-process breakdown (load / select / table) of the library calls.
@@ -133,9 +133,14 @@ def write_runs(root: Path, count: int, seed: int = 0) -> None:
         (run_dir / "run.json").write_text(json.dumps(record, indent=2))
 
 
+# The table as a 200-column colour terminal would get it, though stdout is not one here.
+TERMINAL = {**os.environ, "COLUMNS": "200", "FORCE_COLOR": "1"}
+
+
 def timed(argv: list[str]) -> float:
     begin = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    env = TERMINAL if "runs" in argv and "--json" not in argv else None
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - begin
 
 
@@ -214,7 +219,8 @@ def main() -> None:
         write_runs(root, args.runs)
         print(
             f"wrote {args.runs} runs under {root} in {time.perf_counter() - t0:.1f} s "
-            f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, {socket.gethostname()})"
+            f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, {socket.gethostname()}, "
+            f"load average {os.getloadavg()[0]:.1f})"
         )
 
         py = sys.executable

@@ -18,7 +18,8 @@ def experiment_source(name: str, doc: str = "", marker: str | None = None) -> st
     if marker:
         lines += [
             "import os",
-            f"with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), {marker!r}), 'a') as _f:",
+            "_folder = os.path.dirname(os.path.abspath(__file__))",
+            f"with open(os.path.join(_folder, {marker!r}), 'a') as _f:",
             "    _f.write(__name__ + '\\n')",
             "",
         ]
@@ -122,6 +123,7 @@ def test_list_from_pyproject(project: Project) -> None:
 def test_no_config_scans_the_folder_but_not_excluded_ones(project: Project) -> None:
     project.write("a.py", experiment_source("alpha", "Alpha."))
     project.write("pkg/b.py", experiment_source("beta", "Beta."))
+    project.write("hy-phen.py", experiment_source("gamma", "Not importable by name."))
     project.write("tests/test_x.py", BROKEN)
     project.write(".hidden/h.py", BROKEN)
     project.write("myenv/pyvenv.cfg", "home = /usr/bin\n")
@@ -129,7 +131,7 @@ def test_no_config_scans_the_folder_but_not_excluded_ones(project: Project) -> N
     project.write("output/old/copy.py", BROKEN)
     result = project.run("list", "--json")
     assert result.returncode == 0, result.stderr
-    assert sorted(listed(result)) == ["alpha", "beta"]
+    assert sorted(listed(result)) == ["alpha", "beta", "gamma"]
     assert result.stderr == ""
 
 
@@ -218,6 +220,14 @@ def test_duplicate_names_are_an_error_naming_both_files(project: Project) -> Non
     assert not (project.root / "output").exists()
 
 
+def test_reexported_experiment_is_not_a_duplicate(project: Project) -> None:
+    project.write("a.py", experiment_source("train", "Train."))
+    project.write("b.py", "from a import train\n\nEXPORTED = [train]\n")
+    result = project.run("list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [(r["name"], r["file"]) for r in result.json()] == [("train", "a.py")]
+
+
 def test_script_run_as_main_is_not_a_duplicate(project: Project) -> None:
     project.write("pystematic.toml", 'modules = ["experiments"]\n')
     project.write("experiments/__init__.py", "")
@@ -251,7 +261,12 @@ def test_group_members_are_listed_dotted(project: Project) -> None:
     result = project.run("list", "--json")
     assert result.returncode == 0, result.stderr
     assert result.json() == [
-        {"name": "vision.fit", "module": "vision", "file": "vision.py", "description": "Fit a model."}
+        {
+            "name": "vision.fit",
+            "module": "vision",
+            "file": "vision.py",
+            "description": "Fit a model.",
+        }
     ]
 
 
@@ -363,7 +378,7 @@ def test_help_and_list_do_not_import_torch(project: Project) -> None:
         from pystematic.cli import run_cli
         with contextlib.redirect_stdout(io.StringIO()):
             codes = [run_cli(args) for args in ARGS]
-        heavy = [m for m in ("torch", "tensorboardX", "numpy") if m in sys.modules]
+        heavy = [m for m in ("torch", "tensorboardX") if m in sys.modules]
         print(json.dumps({"codes": codes, "heavy": heavy}))
         """
     )

@@ -474,7 +474,7 @@ def test_launch_failing_rank_raises_rank_failed_error(
     err = info.value
     assert err.rank == 1 and err.local_rank == 1
     assert err.exitcode == 1 and err.exit_code == 1
-    assert err.message == "ValueError: boom on rank 1"
+    assert err.message == err.error_message == "ValueError: boom on rank 1"
     assert str(err) == err.format_message() == "rank 1 failed: ValueError: boom on rank 1"
     assert "Traceback (most recent call last)" in err.traceback
     assert 'raise ValueError(f"boom on rank {env.rank}")' in err.traceback

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +382,14 @@ def test_params_read_only_mapping() -> None:
     with pytest.raises(KeyError):
         _ = params["nope"]
     assert "epochs" in repr(params)
+
+
+def test_params_copy_and_pickle() -> None:
+    """Params travel into spawned DataLoader workers and through copy.deepcopy."""
+    params = Params({"epochs": 5, "layers": [1, 2]})
+    for clone in (copy.copy(params), copy.deepcopy(params), pickle.loads(pickle.dumps(params))):
+        assert isinstance(clone, Params)
+        assert clone.to_dict() == {"epochs": 5, "layers": [1, 2]}
+        with pytest.raises(AttributeError):
+            clone.epochs = 1
+    assert copy.deepcopy(params).layers is not params.layers

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Project
 from pystematic.errors import ConfigError
 from pystematic.project import DEFAULT_BACKENDS, load_project
 
@@ -164,9 +165,11 @@ def test_bad_settings_are_config_errors(tmp_path: Path, text: str, needle: str) 
     assert info.value.exit_code == 2
 
 
-def test_malformed_config_on_the_command_line(project) -> None:  # type: ignore[no-untyped-def]
-    project.write("pystematic.toml", '[defaults]\nbatch_size = = 3\n')
-    project.write("exp.py", "import pystematic as ps\n\n@ps.experiment\ndef a(params, context):\n    pass\n")
+def test_malformed_config_on_the_command_line(project: Project) -> None:
+    project.write("pystematic.toml", "[defaults]\nbatch_size = = 3\n")
+    project.write(
+        "exp.py", "import pystematic as ps\n\n@ps.experiment\ndef a(params, context):\n    pass\n"
+    )
     for args in (("list",), ("run", "a"), ("show-params", "a")):
         result = project.run(*args)
         assert result.returncode == 2, (args, result)

@@ -621,10 +621,7 @@ def test_format_metric(value: Any, text: str) -> None:
     assert format_metric(value) == text
 
 
-def test_importing_runs_imports_neither_torch_nor_rich() -> None:
-    code = (
-        "import sys, pystematic.runs\n"
-        "print(sorted(m for m in ('torch', 'rich', 'numpy') if m in sys.modules))\n"
-    )
+def test_importing_runs_does_not_import_torch() -> None:
+    code = "import sys, pystematic.runs\nprint('torch' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False"

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .cli import global_entrypoint
 from .context import Context
 from .context import context_proxy as context
 from .errors import (
@@ -54,6 +53,13 @@ __all__ = [
     "recorder",
     "worker_init_fn",
 ]
+
+
+def global_entrypoint() -> None:
+    """The pystematic CLI for the calling script: ``python train.py run train --epochs 5``."""
+    from .cli import global_entrypoint as entrypoint
+
+    entrypoint()
 
 
 def __getattr__(name: str) -> Any:

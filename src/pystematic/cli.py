@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -123,7 +125,7 @@ def _command_function(
 
 def _given(kwargs: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The values the user typed (Typer reports the rest as None or empty)."""
-    out = {}
+    out: dict[str, Any] = {}
     for name in names:
         value = kwargs.get(name)
         if value is None or (isinstance(value, (list, tuple)) and not value):
@@ -138,9 +140,11 @@ def _effective_defaults(info: ExperimentInfo, project: Project) -> dict[str, Any
     from .runner import resolve_parameters
 
     try:
-        return resolve_parameters(
+        resolved = resolve_parameters(
             info.id, [*info.parameters, *BUILTIN_PARAMETERS], info.defaults, project, {}
-        ).values
+        )
+        # Custom parse callables show their input string ("2x3"), not the parsed value.
+        return {**resolved.values, **resolved.raw}
     except PystematicError:
         return {p.name: p.default for p in info.parameters}
 
@@ -345,7 +349,9 @@ def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
             list[str] | None,
             typer.Option("--filter", help="key=value on params, tags, status (repeatable)."),
         ] = None,
-        last: Annotated[int | None, typer.Option(help="Only the last N runs.")] = None,
+        last: Annotated[
+            int | None, typer.Option(help="Only the newest N runs, then sorted.")
+        ] = None,
         output_dir: Annotated[
             Path | None, typer.Option(help="Where the runs are (default: config).")
         ] = None,
@@ -355,19 +361,36 @@ def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
         from . import runs as runs_module
 
         folder = output_dir.resolve() if output_dir else project_loader().output_dir
-        records = runs_module.load_runs(folder, experiment)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", runs_module.CorruptRunWarning)
+            records = runs_module.load_runs(folder, experiment)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
         selected = runs_module.select_runs(
             records, filters=runs_module.parse_filters(filters or []), sort=sort, last=last
         )
         if as_json:
-            print(json.dumps(selected, indent=1, default=str))
+            print(json.dumps(_finite(selected), indent=1, default=str))
         else:
             from rich.console import Console
 
-            Console().print(runs_module.runs_table(selected))
+            # Piped output is read by people too: don't cut columns at 80.
+            console = Console() if sys.stdout.isatty() else Console(width=200)
+            console.print(runs_module.runs_table(selected))
         return 0
 
     return runs
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

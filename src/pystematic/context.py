@@ -217,6 +217,7 @@ class Context:
 
     def load_checkpoint(self, path: str | Path | None = None) -> Any:
         """Restore the tracked objects and RNG state; ``None`` when not resuming."""
+        resuming = path is None
         if path is None:
             if self._resume_from is None:
                 return None
@@ -233,7 +234,12 @@ class Context:
             restore_state(self._tracked, user)
         for key, value in own.get("counters", {}).items():
             self.counter(key).value = value
-        self.recorder.global_step = own.get("global_step", 0)
+        step = int(own.get("global_step", 0))
+        if resuming:
+            # Drops what the interrupted run recorded after the checkpoint.
+            self.recorder.truncate(step)
+        else:
+            self.recorder.global_step = step
         self._loops.positions[:] = own.get("loops", [])
         if "seed_chain" in own:
             self._chain.load_state_dict(own["seed_chain"])

@@ -22,6 +22,7 @@ torch is imported inside the functions that need it; importing this module is ch
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import signal
@@ -397,6 +398,7 @@ class RankFailedError(DistributedError):
     ) -> None:
         super().__init__(f"rank {rank} failed: {message}")
         self.message = message
+        self.error_message = message  # alias of ``message``, kept for callers that use it
         self.rank = rank
         self.exitcode = exitcode
         self.traceback = traceback
@@ -566,7 +568,8 @@ def launch(
         try:
             result = elastic_launch(config, entrypoint)(*args)
         except ChildFailedError as exc:
-            raise _rank_failed(exc, spec.log_dir / f"{config.run_id}_*") from None
+            run_log_dirs = spec.log_dir / f"{glob.escape(config.run_id)}_*"
+            raise _rank_failed(exc, run_log_dirs) from None
         except (network_error, RendezvousError) as exc:
             # The launcher's own rendezvous: a port in use, a master that never answers.
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

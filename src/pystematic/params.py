@@ -196,10 +196,16 @@ class Params(Mapping[str, Any]):
         object.__setattr__(self, "_values", dict(values))
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy/pickle probe dunders before _values is set
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
             raise AttributeError(f"no parameter named {name!r}") from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (spawned DataLoader workers, copy.deepcopy) despite __setattr__ refusing.
+        return (Params, (self._values,))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("params are read-only")

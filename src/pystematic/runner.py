@@ -149,6 +149,12 @@ def _install_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _ignore_sigint() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _heartbeat(run_dir: Path, ctx: Context, stop: threading.Event) -> None:
     while not stop.wait(rundir.HEARTBEAT_SECONDS):
         with contextlib.suppress(OSError):
@@ -375,6 +381,9 @@ def execute(
 
             pdb.post_mortem(e.__traceback__)
     finally:
+        # A second Ctrl-C (the terminal and torch's agent both forward it) must not
+        # cut the final record short.
+        previous_sigint = _ignore_sigint()
         stop_heartbeat.set()
         try:
             if recorder is not None:
@@ -396,6 +405,8 @@ def execute(
                 )
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
+            if previous_sigint is not None:
+                signal.signal(signal.SIGINT, previous_sigint)
             capture.stop()
             if joined and end["status"] == "completed":
                 import torch.distributed as dist
@@ -490,6 +501,7 @@ def launch_distributed(
     else:
         # Several nodes: rank 0 makes the run dir and draws the seed, as under torchrun.
         run_id = launch.get("rdzv_id") or "pystematic"
+        launch = {**launch, "rdzv_id": run_id}
         log_dir = output_dir / exp.id / ".torchelastic" / run_id
     job = RankJob(
         experiment_id=exp.id,

@@ -3,8 +3,8 @@
 ``{"step": 12, "time": 1732540000.12, "loss": 0.31}`` — each value is the exact
 Python float recorded (``repr``, as ``json.dumps`` writes it; non-finite values
 as ``NaN``, ``Infinity``, ``-Infinity``, which Python's ``json`` reads back).
-Lines are written whole, a batch per ``write()``, so the file stays valid line
-by line after a crash.
+Lines are written whole, a batch per unbuffered ``write()``, so the file stays
+valid line by line after a crash.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
 from .base import Backend, StepRecord
 
@@ -32,7 +32,7 @@ class JsonlBackend(Backend):
 
     def __init__(self) -> None:
         self._path: Path | None = None
-        self._file: IO[str] | None = None
+        self._file: BinaryIO | None = None
         self._keys: dict[str, str] = {}  # tag -> its JSON string, with ": "
 
     @property
@@ -42,13 +42,14 @@ class JsonlBackend(Backend):
     def open(self, output_dir: Path) -> None:
         self._path = Path(output_dir) / FILE_NAME
 
-    def _ensure_file(self) -> IO[str]:
+    def _ensure_file(self) -> BinaryIO:
         if self._file is None:
             if self._path is None:
                 raise RuntimeError("JsonlBackend.open() was not called")
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._terminate_partial_line(self._path)
-            self._file = open(self._path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
+            # unbuffered: a batch is one write() call, so an interrupt never splits it
+            self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
         return self._file
 
     @staticmethod
@@ -82,16 +83,13 @@ class JsonlBackend(Backend):
             parts.append("}\n")
             lines.append("".join(parts))
         if lines:
-            f = self._ensure_file()
-            f.write("".join(lines))
-            f.flush()
+            self._ensure_file().write("".join(lines).encode("utf-8"))
 
     def write_step(self, record: StepRecord) -> None:
         self.write_steps([record])
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
             os.fsync(self._file.fileno())
 
     def truncate(self, step: int) -> None:

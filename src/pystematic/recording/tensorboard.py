@@ -14,7 +14,6 @@ and TensorBoard's own reader reads every tag, step and value back.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -226,10 +225,9 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TensorBoardBackend(Backend):
-    """Writes ``<run>/tensorboard/events.out.tfevents.<time>.<host>.<pid>.<n>``."""
+    """Writes ``<run>/tensorboard/events.out.tfevents.<time>.<host>.<n>``."""
 
     name = "tensorboard"
-    _counter = itertools.count()
 
     def __init__(self) -> None:
         self._dir: Path | None = None
@@ -253,20 +251,23 @@ class TensorBoardBackend(Backend):
             raise RuntimeError("TensorBoardBackend.open() was not called")
         self._dir.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        stem = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
-        while True:  # a unique name: two writers on one name lose data (distributed.md, 5)
-            path = self._dir / f"{stem}.{next(self._counter)}"
+        # <time>.<host>.<n>: files sort in creation order even within one second (a
+        # resume), which TensorBoard's reader relies on; n counts the files before it.
+        stem = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}"
+        n = sum(1 for _ in self._dir.glob("*tfevents*"))
+        while True:
+            path = self._dir / f"{stem}.{n:04d}"
             try:
-                f = open(path, "xb")  # noqa: SIM115
+                # unbuffered: one write() per batch, which an interrupt cannot split
+                f = open(path, "xb", buffering=0)  # noqa: SIM115  (never two writers on one name)
                 break
             except FileExistsError:
-                continue
+                n += 1
         head = frame(file_version_event(now))
         if self._purge_step is not None:
             head += frame(purge_event(self._purge_step, now))
             self._purge_step = None
         f.write(head)
-        f.flush()
         self._file, self._path = f, path
         return f
 
@@ -279,9 +280,7 @@ class TensorBoardBackend(Backend):
                 summary += self._items(items)
             chunks.append(frame(event(step, wall, summary)))
         if chunks:
-            f = self._ensure_file()
-            f.write(b"".join(chunks))
-            f.flush()
+            self._ensure_file().write(b"".join(chunks))
 
     def _items(self, items: Sequence[Item]) -> bytes:
         out = []
@@ -297,7 +296,6 @@ class TensorBoardBackend(Backend):
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
             os.fsync(self._file.fileno())
 
     def truncate(self, step: int) -> None:
@@ -313,9 +311,7 @@ class TensorBoardBackend(Backend):
 
         summaries = hparams(_flatten(params), dict(metrics))
         data = b"".join(s.SerializeToString() for s in summaries)
-        f = self._ensure_file()
-        f.write(frame(event(0, time.time(), data)))
-        f.flush()
+        self._ensure_file().write(frame(event(0, time.time(), data)))
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,0 +1,119 @@
+"""Benchmark: overhead of ``pystematic run`` (DESIGN.md section 11).
+
+Target: ``pystematic run`` of a trivial experiment that imports torch takes <= 1.05 x the
+wall time of a plain script that parses ``--n`` with argparse, imports torch and prints.
+
+Builds a temp project (``pystematic.toml`` with ``modules = ["experiments"]``; one module
+with the experiment below), by default inside a git repository with one commit (as real
+projects are: the run records the commit, which costs a ``git`` subprocess; ``--no-git``
+leaves it out). The baseline script sits outside the project. Then times fresh processes,
+interleaved and alternating which goes first, after one warm-up round that also fills the
+discovery cache:
+
+- ``baseline``: ``python baseline.py --n 2`` (argparse + ``import torch`` + print);
+- ``pystematic run``: ``pystematic run trivial --n 2`` in the project (a new run dir each
+  time, with run.json, parameters.toml, ...; the experiment records nothing).
+
+    python benchmarks/run_overhead.py [--rounds 9] [--json] [--no-git]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import _timing
+
+TARGET_RATIO = 1.05
+
+EXPERIMENT = '''\
+import pystematic as ps
+import torch
+
+
+@ps.parameter("n", type=int, default=1)
+@ps.experiment
+def trivial(params, context):
+    """Does nothing much."""
+    return params.n
+'''
+
+BASELINE = """\
+import argparse
+
+import torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--n", type=int, default=1)
+args = parser.parse_args()
+print(args.n)
+"""
+
+
+def git_init(root: Path) -> bool:
+    """Make *root* a git repository with one commit; False when git is missing or fails."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        if subprocess.run([git, *argv], cwd=root, env=env, capture_output=True).returncode:
+            return False
+    return True
+
+
+def write_project(root: Path, git: bool) -> bool:
+    package = root / "experiments"
+    package.mkdir(parents=True)
+    (root / "pystematic.toml").write_text('modules = ["experiments"]\n')
+    (root / ".gitignore").write_text("output/\n.pystematic_cache/\n")
+    (package / "__init__.py").write_text("")
+    (package / "trivial.py").write_text(EXPERIMENT)
+    return git and git_init(root)
+
+
+def main() -> None:
+    p = _timing.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--no-git", action="store_true", help="no git repository around the project")
+    args = _timing.parse(p)
+    tmp = Path(tempfile.mkdtemp(prefix="pystematic-run-bench-"))
+    root = tmp / "project"
+    stats: dict[str, _timing.Stats] = {}
+    notes: list[str] = []
+    try:
+        in_git = write_project(root, git=not args.no_git)
+        (tmp / "baseline.py").write_text(BASELINE)
+        notes.append(f"project in a git repository: {'yes' if in_git else 'no'}")
+        commands = {
+            "baseline": [sys.executable, str(tmp / "baseline.py"), "--n", "2"],
+            "pystematic run": [*_timing.pystematic_exe(), "run", "trivial", "--n", "2"],
+        }
+        what = "pystematic run of a trivial experiment vs argparse + import torch"
+        try:
+            stats = _timing.interleave(commands, args.rounds, cwd=root, args=args)
+        except _timing.CommandFailed as exc:
+            verdict = _timing.Verdict(what, "pystematic run", TARGET_RATIO, error=str(exc))
+        else:
+            verdict = _timing.ratio_verdict(what, stats, "pystematic run", "baseline", TARGET_RATIO)
+            overhead = stats["pystematic run"].median - stats["baseline"].median
+            notes.append(f"overhead (difference of medians): {overhead * 1000:+.0f} ms")
+            runs = sorted((root / "output" / "trivial").glob("*/"))
+            files = sorted(f.name for f in runs[-1].iterdir()) if runs else []
+            notes.append(f"run dirs made: {len(runs)}; the last holds: {', '.join(files)}")
+        _timing.report(args, "run_overhead", stats, [verdict], notes=notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
