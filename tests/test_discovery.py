@@ -7,9 +7,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import Project, Result
 
 WIDE = {"COLUMNS": "200"}
+
+
+@pytest.fixture(autouse=True)
+def cache_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache tests count imports: a shell that turned the cache off must not leak in."""
+    monkeypatch.delenv("PYSTEMATIC_NO_CACHE", raising=False)
 
 
 def experiment_source(name: str, doc: str = "", marker: str | None = None) -> str:

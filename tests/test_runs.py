@@ -249,7 +249,7 @@ def dead_pid() -> int:
 
 
 def running(root: Path, run_id: str, heartbeat_age: float, host: str, pid: int) -> None:
-    start = NOW - timedelta(minutes=10)
+    start = datetime.now(timezone.utc) - timedelta(minutes=10)
     write_run(
         root,
         "train",

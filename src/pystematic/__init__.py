@@ -69,9 +69,9 @@ def __getattr__(name: str) -> Any:
 
         return Recorder
     if name == "recorder":
-        from . import recorder
+        import importlib
 
-        return recorder
+        return importlib.import_module(".recorder", __name__)
     if name == "load_runs":
         from .runs import load_runs
 

@@ -58,6 +58,7 @@ class Context:
         self.rng: np.random.Generator = seeding.rank_rng(seed, rank)
         self._counters: dict[str, Counter] = {}
         self._loops = LoopState()
+        self._resume_loops: list[int] = []  # positions from load_checkpoint, used once
         self._depth = 0
         self._tracked: dict[str, Any] = {}
         self._samplers: list[Any] = []
@@ -167,10 +168,20 @@ class Context:
         return out[0] if len(out) == 1 else tuple(out)
 
     def loop(self, n: int, desc: str = "") -> Iterator[int]:
-        """``range(n)`` with progress; restores its position on resume; calls ``set_epoch``."""
+        """``range(n)`` with progress; restores its position on resume; calls ``set_epoch``.
+
+        On resume the innermost loop that was saved continues after its saved iteration and
+        the loops around it repeat theirs (the rest of that iteration had not run yet).
+        """
         depth = self._depth
         positions = self._loops.positions
-        start = positions[depth] + 1 if depth < len(positions) else 0
+        pending = self._resume_loops
+        start = 0
+        if depth < len(pending):
+            innermost = depth == len(pending) - 1
+            start = pending[depth] + 1 if innermost else pending[depth]
+            if innermost:
+                pending.clear()
         del positions[depth:]
         self._depth += 1
         try:
@@ -181,6 +192,10 @@ class Context:
                 del positions[depth:]
                 positions.append(i)
                 yield i
+            if depth > 0:
+                # Finished: a checkpoint saved later in the enclosing iteration resumes
+                # after that iteration, not inside it.
+                del positions[depth:]
         finally:
             self._depth -= 1
 
@@ -241,6 +256,7 @@ class Context:
         else:
             self.recorder.global_step = step
         self._loops.positions[:] = own.get("loops", [])
+        self._resume_loops[:] = self._loops.positions
         if "seed_chain" in own:
             self._chain.load_state_dict(own["seed_chain"])
         rng = own.get("rng")
@@ -267,6 +283,9 @@ class _ContextProxy:
     """``ps.context``: the current run's context, for code that cannot take it as an argument."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            # Tools probe dunders (inspect.unwrap, doctest, copy): they expect AttributeError.
+            raise AttributeError(name)
         if _current is None:
             raise PystematicError("ps.context is only available while an experiment runs")
         return getattr(_current, name)

@@ -40,6 +40,7 @@ __all__ = [
     "LaunchSpec",
     "RankFailedError",
     "check_gpus",
+    "check_spec",
     "cuda_device_index",
     "detect_environment",
     "expand_hostlist",
@@ -418,11 +419,13 @@ class LaunchInterrupted(DistributedError):
         self.signum = signum
 
 
-def _launch_config(spec: LaunchSpec) -> Any:
-    """The LaunchConfig torchrun would build for these options (validated)."""
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-    from torch.distributed.launcher.api import LaunchConfig
+def check_spec(spec: LaunchSpec) -> None:
+    """Raise DistributedError for launch options that cannot work (before anything is made)."""
+    _rendezvous(spec)
 
+
+def _rendezvous(spec: LaunchSpec) -> tuple[str, str, dict[str, Any], str]:
+    """Validated (rdzv_backend, rdzv_endpoint, rdzv_configs, run_id) for these options."""
     if spec.nproc_per_node < 1:
         raise DistributedError(f"need at least 1 process per node, got {spec.nproc_per_node}")
     if spec.nnodes < 1:
@@ -468,6 +471,15 @@ def _launch_config(spec: LaunchSpec) -> Any:
         )
     else:
         backend, endpoint = "c10d", "localhost:0"  # single node: a free port, like --standalone
+    return backend, endpoint, rdzv_configs, run_id
+
+
+def _launch_config(spec: LaunchSpec) -> Any:
+    """The LaunchConfig torchrun would build for these options (validated)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig
+
+    backend, endpoint, rdzv_configs, run_id = _rendezvous(spec)
     return LaunchConfig(
         min_nodes=spec.nnodes,
         max_nodes=spec.nnodes,

@@ -356,6 +356,11 @@ class Layer:
     label: str
     values: Mapping[str, Any]
     strict: bool  # unknown keys are an error
+    where: str = ""  # e.g. the params file's path, for error messages
+
+    @property
+    def origin(self) -> str:
+        return f"{self.label} {self.where}" if self.where else self.label
 
 
 def resolve(
@@ -367,8 +372,9 @@ def resolve(
     """Merge every source in precedence order, then convert and check each value once."""
     environ = os.environ if environ is None else environ
     by_name = {p.name: p for p in parameters}
-    chosen: dict[str, tuple[Any, str, Source]] = {
-        p.name: (p.default, "decorator", Source.DECORATOR) for p in parameters
+    # name -> (value, source label, origin for error messages)
+    chosen: dict[str, tuple[Any, str, str]] = {
+        p.name: (p.default, "decorator", "decorator") for p in parameters
     }
     ordered = sorted(layers, key=lambda layer: layer.source)
     env_done = False
@@ -382,19 +388,19 @@ def resolve(
                 if layer.strict:
                     known = ", ".join(sorted(n for n, p in by_name.items() if not p.builtin))
                     raise ParameterError(
-                        f"unknown parameter {key!r} in {layer.label} (known: {known or 'none'})"
+                        f"unknown parameter {key!r} in {layer.origin} (known: {known or 'none'})"
                     )
                 continue
-            chosen[name] = (value, layer.label, layer.source)
+            chosen[name] = (value, layer.label, layer.origin)
     if not env_done:
         _apply_env(by_name, chosen, environ)
 
     values: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for name, (value, label, _) in chosen.items():
+    for name, (value, label, origin) in chosen.items():
         param = by_name[name]
-        values[name] = convert(param, value, label)
+        values[name] = convert(param, value, origin)
         if param.is_custom and isinstance(value, str):
             raw[name] = value
         sources[name] = label
@@ -405,9 +411,10 @@ def resolve(
 
 def _apply_env(
     by_name: Mapping[str, Parameter],
-    chosen: dict[str, tuple[Any, str, Source]],
+    chosen: dict[str, tuple[Any, str, str]],
     environ: Mapping[str, str],
 ) -> None:
     for name, param in by_name.items():
         if param.envvar and param.envvar in environ:
-            chosen[name] = (environ[param.envvar], f"env:{param.envvar}", Source.ENV)
+            label = f"env:{param.envvar}"
+            chosen[name] = (environ[param.envvar], label, label)

@@ -9,6 +9,7 @@ the right status, the metrics flushed and the output log closed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -67,7 +68,7 @@ def _params_file_layer(path: Path, experiment_id: str) -> Layer:
             raise ParameterError(
                 f"params file {path} belongs to a run of {other!r}, not {experiment_id!r}"
             )
-    return Layer(Source.PARAMS_FILE, "params-file", values, strict=True)
+    return Layer(Source.PARAMS_FILE, "params-file", values, strict=True, where=str(path))
 
 
 def resume_dir(path: Path) -> Path:
@@ -484,6 +485,23 @@ def launch_distributed(
     backend = "nccl" if use_gpus else "gloo"
     values, snapshot = dict(resolved.values), resolved.snapshot()
     output_dir = Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
+    if nnodes > 1:
+        # Several nodes share one rendezvous id, the same on every node.
+        launch = {**launch, "rdzv_id": launch.get("rdzv_id") or "pystematic"}
+    spec = distributed.LaunchSpec(
+        nproc_per_node=per_node,
+        use_gpus=use_gpus,
+        run_id="pending",  # run_id and log_dir are set once the run dir exists
+        log_dir=output_dir,
+        nnodes=nnodes,
+        node_rank=launch.get("node_rank"),
+        master_addr=launch.get("master_addr"),
+        master_port=launch.get("master_port"),
+        rdzv_endpoint=launch.get("rdzv_endpoint"),
+        rdzv_id=launch.get("rdzv_id"),
+        max_restarts=int(launch.get("max_restarts") or 0),
+    )
+    distributed.check_spec(spec)  # bad launch options must not leave a run dir behind
     run_dir: Path | None = None
     if nnodes == 1:
         # One node: everything is decided before any process starts.
@@ -500,8 +518,7 @@ def launch_distributed(
         run_id = launch.get("rdzv_id") or run_dir.name
     else:
         # Several nodes: rank 0 makes the run dir and draws the seed, as under torchrun.
-        run_id = launch.get("rdzv_id") or "pystematic"
-        launch = {**launch, "rdzv_id": run_id}
+        run_id = launch["rdzv_id"]
         log_dir = output_dir / exp.id / ".torchelastic" / run_id
     job = RankJob(
         experiment_id=exp.id,
@@ -513,19 +530,7 @@ def launch_distributed(
         run_dir=str(run_dir) if run_dir else None,
         backend=backend,
     )
-    spec = distributed.LaunchSpec(
-        nproc_per_node=per_node,
-        use_gpus=use_gpus,
-        run_id=str(run_id),
-        log_dir=log_dir,
-        nnodes=nnodes,
-        node_rank=launch.get("node_rank"),
-        master_addr=launch.get("master_addr"),
-        master_port=launch.get("master_port"),
-        rdzv_endpoint=launch.get("rdzv_endpoint"),
-        rdzv_id=launch.get("rdzv_id"),
-        max_restarts=int(launch.get("max_restarts") or 0),
-    )
+    spec = dataclasses.replace(spec, run_id=str(run_id), log_dir=log_dir)
 
     def finish(fields: dict[str, Any]) -> None:
         if run_dir is not None:
