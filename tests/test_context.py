@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import Project
 from torch import nn
 
 import pystematic as ps
+from conftest import Project
 from pystematic import seeding
 from pystematic.context import Context
 from pystematic.errors import PystematicError
@@ -209,7 +209,7 @@ def test_context_proxy_outside_a_run_raises() -> None:
         _ = ps.context.seed
     # Tools that probe attributes (inspect.unwrap, doctest's finder) still work on it.
     assert not hasattr(ps.context, "__wrapped__")
-    assert inspect.unwrap(ps.context) is ps.context
+    assert inspect.unwrap(ps.context) is ps.context  # type: ignore[arg-type]
 
 
 SCRIPT_EXPERIMENT = """

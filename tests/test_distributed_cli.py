@@ -13,6 +13,7 @@ shows.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -36,6 +37,7 @@ EXPERIMENT = '''
 
 import hashlib
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -85,6 +87,7 @@ def ddp(params, context):
         "is_distributed": context.is_distributed,
         "device": str(context.device),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "start_method": multiprocessing.get_start_method(),  # how DataLoader workers start
     }
     (context.output_dir / f"init.{context.rank}").write_text(json.dumps(info))
     if context.rank == params.fail_rank:
@@ -192,6 +195,10 @@ def _assert_two_rank_run(run_dir: Path) -> None:
         (False, True, "cpu"),
     ]
     assert seen[0]["init_hash"] == seen[1]["init_hash"]  # one seed for the model init
+    # Workers start the platform's default way (fork on Linux), as in any process torchrun
+    # starts, even though the ranks themselves were spawned.
+    default_method = multiprocessing.get_all_start_methods()[0]
+    assert [s["start_method"] for s in seen] == [default_method, default_method]
     final = {(run_dir / f"final.{r}").read_text() for r in (0, 1)}
     assert len(final) == 1 and seen[0]["init_hash"] not in final  # DDP trained in lockstep
     assert (run_dir / "output.rank0.log").is_file() and (run_dir / "output.rank1.log").is_file()
@@ -264,7 +271,10 @@ def test_failing_rank_is_named_and_recorded(ddp_project: Project) -> None:
 
 
 def test_processes_started_by_torchrun_or_srun_join_one_run(ddp_project: Project) -> None:
-    """torchrun running the console module, then a simulated 2-task srun step."""
+    """torchrun running the console module, then a simulated 2-task srun step.
+
+    Both give the numbers ``pystematic distributed`` gives for the same seed.
+    """
     torchrun = ddp_project.python(
         *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
         *("-m", "pystematic", "run", "ddp", "--random-seed", SEED),
@@ -325,7 +335,9 @@ def test_processes_started_by_torchrun_or_srun_join_one_run(ddp_project: Project
     _assert_two_rank_run(by_srun[0])
 
     # Same seed, whoever started the ranks: the same numbers.
-    assert _comparable(by_srun[0]) == _comparable(by_torchrun)
+    _ok(ddp_project.run("distributed", "ddp", "--nproc", "2", "--random-seed", SEED))
+    (by_pystematic,) = set(ddp_project.run_dirs("ddp")) - {by_torchrun, by_srun[0]}
+    assert _comparable(by_srun[0]) == _comparable(by_torchrun) == _comparable(by_pystematic)
 
 
 def test_slurm_batch_script_runs_as_one_process(ddp_project: Project) -> None:

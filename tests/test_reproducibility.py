@@ -11,12 +11,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Project, read_metrics
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "classifier"
 SMALL = ["--epochs", "2", "--samples", "128"]

@@ -8,17 +8,20 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from conftest import Project
 from pystematic import rundir
 from pystematic.errors import RunDirError
 
-from conftest import Project
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 

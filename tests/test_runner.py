@@ -14,24 +14,55 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, Result, read_metrics
 
 import pystematic
+from conftest import Project, Result, read_metrics
 from pystematic import seeding
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 # Every field section 4 of the design lists for run.json.
-RUN_JSON_KEYS = (
-    "id experiment module file argv status start end duration error traceback failed_rank pid "
-    "host user heartbeat python_version torch_version cuda_version gpu pystematic_version "
-    "world_size backend git_commit git_branch git_dirty resumes tags params metrics"
-).split()
+RUN_JSON_KEYS = [
+    "id",
+    "experiment",
+    "module",
+    "file",
+    "argv",
+    "status",
+    "start",
+    "end",
+    "duration",
+    "error",
+    "traceback",
+    "failed_rank",
+    "pid",
+    "host",
+    "user",
+    "heartbeat",
+    "python_version",
+    "torch_version",
+    "cuda_version",
+    "gpu",
+    "pystematic_version",
+    "world_size",
+    "backend",
+    "git_commit",
+    "git_branch",
+    "git_dirty",
+    "resumes",
+    "tags",
+    "params",
+    "metrics",
+]
 
 CONFIG = 'modules = ["exps"]\n'
 
@@ -146,7 +177,8 @@ def parameters(run_dir: Path) -> dict[str, Any]:
 
 def utc(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
-    assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    offset = moment.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0, text
     return moment
 
 

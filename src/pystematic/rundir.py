@@ -95,14 +95,20 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def update_run_json(run_dir: Path, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge *fields* into run.json under the lock; a status never gets weaker."""
+def update_run_json(
+    run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False
+) -> dict[str, Any]:
+    """Merge *fields* into run.json under the lock; a status never gets weaker.
+
+    ``restart`` (a resume) is the one write allowed to set a final run back to running.
+    """
     with _locked(run_dir):
         data = read_run_json(run_dir)
         new = dict(fields)
         old_status = data.get("status")
         weaker = (
-            new.get("status") in STATUS_RANK
+            not restart
+            and new.get("status") in STATUS_RANK
             and old_status in STATUS_RANK
             and old_status != "running"
             and STATUS_RANK[new["status"]] < STATUS_RANK[old_status]

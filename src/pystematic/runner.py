@@ -250,6 +250,7 @@ def _note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) ->
             "resumes": [*data.get("resumes", []), {"time": now, "argv": argv}],
             "params": dict(snapshot),
         },
+        restart=True,
     )
 
 
@@ -328,6 +329,7 @@ def execute(
     previous_sigterm = _install_sigterm()
     recorder: Recorder | None = None
     stop_heartbeat = threading.Event()
+    heartbeat: threading.Thread | None = None
     began = time.time()
     outcome = RunOutcome(EXIT_OK, run_dir)
     end: dict[str, Any] = {"status": "completed"}
@@ -357,9 +359,10 @@ def execute(
         )
         set_current(ctx)
         if rank == 0:
-            threading.Thread(
+            heartbeat = threading.Thread(
                 target=_heartbeat, args=(run_dir, ctx, stop_heartbeat), daemon=True
-            ).start()
+            )
+            heartbeat.start()
         outcome.value = exp.main(ctx.params, ctx)
         problem = ctx.seed_problems()
         if problem:
@@ -386,6 +389,9 @@ def execute(
         # cut the final record short.
         previous_sigint = _ignore_sigint()
         stop_heartbeat.set()
+        if heartbeat is not None:
+            # A beat already under way must not write older metrics after the final record.
+            heartbeat.join()
         try:
             if recorder is not None:
                 if rank == 0 and end["status"] == "completed":
@@ -440,7 +446,14 @@ def _project_for(exp: Experiment) -> Project:
 
 def rank_entry(job: RankJob) -> None:
     """Entry point of each rank launched by ``pystematic distributed`` (module level: picklable)."""
+    import multiprocessing
+
     from .discovery import discover
+
+    # A spawned rank inherits "spawn" as its default start method; give it the platform's
+    # default back, so DataLoader workers start as under torchrun or `pystematic run` (fork on
+    # Linux: no re-import of torch per worker and epoch, and no picklable-dataset requirement).
+    multiprocessing.set_start_method(None, force=True)
     from .project import load_project
 
     project = load_project(

@@ -358,7 +358,9 @@ def seed_sync_problems(counts_per_rank: list[list[str]]) -> str | None:
                     f"rank {rank} called {_call(purpose)} {_times(abs(diff))} {more} than rank 0"
                 )
         if not differing:
-            index = next(i for i, (a, b) in enumerate(zip(purposes, reference, strict=False)) if a != b)
+            index = next(
+                i for i, (a, b) in enumerate(zip(purposes, reference, strict=False)) if a != b
+            )
             problems.append(
                 f"rank {rank} called new_seed() in a different order than rank 0 (call "
                 f"{index + 1} was {_call(purposes[index])} on rank {rank} but "
