@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from conftest import Project, read_metrics
 
