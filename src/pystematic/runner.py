@@ -337,7 +337,6 @@ def execute(
         # Setup failures count as the run's failure too: run.json must never stay "running".
         _configure_logging(bool(values.get("debug")))
         seeding.set_current_rank(rank)
-        os.environ.setdefault("RANK", str(rank))  # DataLoader workers started by spawn read it
         seeding.seed_all(seed)
         seeding.set_deterministic(bool(values.get("deterministic")))
         recorder = Recorder(

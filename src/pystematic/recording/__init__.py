@@ -436,12 +436,12 @@ class Recorder:
         scalars = self._pending
         items = self._items
         if scalars or items:
-            self._pending = {}
-            if items:
-                self._items = []
-            self._last.update(scalars)
             assert self._writer is not None
+            # Queue first, forget second: a signal arriving in between can at worst
+            # leave the values pending (a window of two bytecodes), never lose them.
             self._writer.put(StepRecord(step, _now(), scalars, items))
+            self._pending, self._items = {}, []
+            self._last.update(scalars)
 
     # -- lifecycle ---------------------------------------------------------------------
 
