@@ -15,15 +15,35 @@ from typing import Any
 import pytest
 
 # Variables that would make a test process believe it is a rank of a launched group.
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def _strip_launch_vars() -> None:
+    for key in list(os.environ):
+        if key in LAUNCH_VARS or key.startswith(("SLURM_", "TORCHELASTIC_", "PET_")):
+            del os.environ[key]
+
+
+# Module- and session-scoped fixtures run before any function fixture: clean up front.
+_strip_launch_vars()
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test inherits torchrun or SLURM variables from the shell that started pytest."""
-    for key in list(os.environ):
-        if key in LAUNCH_VARS or key.startswith(("SLURM_", "TORCHELASTIC_", "PET_")):
-            monkeypatch.delenv(key, raising=False)
+def clean_environ() -> Iterator[None]:
+    """No test inherits launcher variables, and none leaks what it exported to the next."""
+    _strip_launch_vars()
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @dataclass

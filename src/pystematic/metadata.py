@@ -224,10 +224,48 @@ def write_git_diff(info: GitInfo, run_dir: Path) -> None:
 
 
 def write_packages(path: Path) -> None:
-    """Writes the installed distributions as sorted ``name==version`` lines.
+    """Writes the installed distributions as sorted ``name==version`` lines."""
+    Path(path).write_text(packages_text(), encoding="utf-8")
 
-    Reads ``importlib.metadata`` (no ``pip freeze`` subprocess); where a distribution
-    is installed twice, the one found first on ``sys.path`` wins, as for imports.
+
+class PackagesProbe:
+    """Lists the installed distributions in a child interpreter, started before the
+    user's modules are imported, so the work overlaps ``import torch`` on another core."""
+
+    def __init__(self) -> None:
+        code = (
+            "import sys; from pystematic.metadata import packages_text as t; sys.stdout.write(t())"
+        )
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError:
+            self._proc = None
+
+    def write(self, path: Path, timeout: float = 10.0) -> None:
+        """Write what the child found; list in-process when it failed."""
+        if self._proc is not None:
+            try:
+                out, _ = self._proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+            else:
+                if self._proc.returncode == 0 and out:
+                    Path(path).write_bytes(out)
+                    return
+        write_packages(path)
+
+
+def packages_text() -> str:
+    """Installed distributions as sorted ``name==version`` lines.
+
+    Reads ``importlib.metadata`` (no ``pip freeze``); where a distribution is
+    installed twice, the one found first on ``sys.path`` wins, as for imports.
     """
     from importlib import metadata
 
@@ -238,8 +276,7 @@ def write_packages(path: Path) -> None:
         if not name:
             continue
         found.setdefault(_normalize(name), f"{name}=={meta['Version']}")
-    lines = [found[key] for key in sorted(found)]
-    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return "".join(found[key] + "\n" for key in sorted(found))
 
 
 def _normalize(name: str) -> str:

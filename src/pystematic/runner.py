@@ -27,25 +27,27 @@ from . import distributed, rundir, seeding
 from .context import Context, set_current
 from .errors import ParameterError, PystematicError, RunDirError
 from .experiment import Experiment
-from .metadata import GitProbe, environment_info, write_git_diff, write_packages
+from .metadata import GitProbe, PackagesProbe, environment_info, write_git_diff
 from .params import Layer, Params, Resolved, Source, resolve
 from .project import Project, read_toml
 
 log = logging.getLogger("pystematic")
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
-_probe: GitProbe | None = None
+_probes: tuple[GitProbe, PackagesProbe] | None = None
 
 
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives, so ``finally`` blocks run."""
 
 
-def start_probes(project: Project) -> None:
-    """Start git in the background before user modules (and torch) are imported."""
-    global _probe
-    if _probe is None:
-        _probe = GitProbe(project.root, exclude=(project.output_dir,))
+def start_probes(project: Project) -> tuple[GitProbe, PackagesProbe]:
+    """Start git and the package listing in the background, before user modules (and
+    torch) are imported, so they finish in the shadow of those imports."""
+    global _probes
+    if _probes is None:
+        _probes = (GitProbe(project.root, exclude=(project.output_dir,)), PackagesProbe())
+    return _probes
 
 
 # ---------------------------------------------------------------- parameters
@@ -182,8 +184,10 @@ def _start_record(
 ) -> None:
     """Everything written at the start of a run: snapshot, run.json, packages, git."""
     rundir.write_parameters(run_dir, snapshot)
-    probe = _probe or GitProbe(project.root, exclude=(project.output_dir,))
-    git = probe.result()
+    global _probes
+    git_probe, packages_probe = start_probes(project)
+    _probes = None  # each run lists what is true when it starts
+    git = git_probe.result()
     now = rundir.now_iso()
     info = environment_info()
     rundir.update_run_json(
@@ -215,7 +219,7 @@ def _start_record(
             "metrics": {},
         },
     )
-    write_packages(run_dir / "packages.txt")
+    packages_probe.write(run_dir / "packages.txt")
     write_git_diff(git, run_dir)
 
 
@@ -393,7 +397,7 @@ def execute(
             heartbeat.join()
         try:
             if recorder is not None:
-                if rank == 0 and end["status"] == "completed":
+                if rank == 0 and end["status"] == "completed" and recorder.last_scalars:
                     recorder.hparams(snapshot)
                 recorder.close()
         finally:
@@ -471,6 +475,9 @@ def rank_entry(job: RankJob) -> None:
         run_dir=Path(job.run_dir) if job.run_dir else None,
         backend=job.backend,
     )
+    if isinstance(outcome.error, (KeyboardInterrupt, Terminated)):
+        # Stopped, not failed: exit quietly (the launcher stops all ranks when one fails).
+        raise SystemExit(outcome.exit_code)
     if outcome.error is not None:
         raise outcome.error
 
