@@ -561,3 +561,21 @@ def test_snake_case_experiment_names_in_code_kebab_on_the_cli(project: Project) 
     for name in ("my_exp", "my-exp"):
         rows = params_json(project.run("show-params", name, "--json", "--x", "5"))
         assert rows["x"]["default"] == 5
+
+
+def test_shell_completion_knows_experiments_and_their_parameters(exps: Project) -> None:
+    def complete(words: str) -> list[str]:
+        env = {
+            "_PYSTEMATIC_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split(" ")) - 1),
+        }
+        result = exps.run(env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    names = complete("pystematic run ")
+    assert {"train", "needs", "fail"} <= set(names)
+    options = complete("pystematic run train --")
+    assert "--epochs" in options
+    assert "--random-seed" in options

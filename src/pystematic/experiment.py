@@ -79,7 +79,7 @@ class Group:
         """Declare an experiment of this group; same arguments as ``ps.experiment``."""
 
         def wrap(fn: MainFunction) -> Experiment:
-            exp = _make(fn, name=name, help=help, defaults=defaults, group=self)
+            exp = Experiment(fn, name=name, help=help, defaults=defaults, group=self)
             self.experiments.append(exp)
             return exp
 
@@ -169,17 +169,6 @@ class Experiment:
         return f"<pystematic experiment {self.id!r}>"
 
 
-def _make(
-    fn: MainFunction,
-    *,
-    name: str | None,
-    help: str | None,
-    defaults: Mapping[str, Any] | None,
-    group: Group | None,
-) -> Experiment:
-    return Experiment(fn, name=name, help=help, defaults=defaults, group=group)
-
-
 @overload
 def experiment(main: MainFunction) -> Experiment: ...
 
@@ -203,8 +192,8 @@ def experiment(
 ) -> Experiment | Callable[[MainFunction], Experiment]:
     """Turn ``main(params, context)`` into an experiment; bare or with arguments."""
     if main is not None:
-        return _make(main, name=name, help=help, defaults=defaults, group=None)
-    return lambda fn: _make(fn, name=name, help=help, defaults=defaults, group=None)
+        return Experiment(main, name=name, help=help, defaults=defaults, group=None)
+    return lambda fn: Experiment(fn, name=name, help=help, defaults=defaults, group=None)
 
 
 def group(

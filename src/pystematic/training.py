@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,3 @@ def restore_state(objects: dict[str, Any], states: dict[str, Any]) -> None:
     for name, obj in objects.items():
         if name in states:
             unwrap(obj).load_state_dict(states[name])
-
-
-Callback = Callable[[], None]
