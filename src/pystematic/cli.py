@@ -521,9 +521,13 @@ def run_cli(
 ) -> int:
     """Run the CLI and return its exit code; user errors become one line on stderr."""
     args = kebab_options(sys.argv[1:] if argv is None else argv)
+    return _invoke(lambda: build_app(args, script=script), args, prog_name)
+
+
+def _invoke(make_app: Callable[[], typer.Typer], args: list[str], prog_name: str) -> int:
+    """Build and run a Typer app; the one place where errors are turned into exit codes."""
     try:
-        app = build_app(args, script=script)
-        command = typer.main.get_command(app)
+        command = typer.main.get_command(make_app())
         result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except PystematicError as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
@@ -563,20 +567,14 @@ def single_experiment_main(experiment: Any, argv: Sequence[str] | None = None) -
     from .runner import start_probes
 
     args = kebab_options(sys.argv[1:] if argv is None else argv)
-    exp_file = experiment.file
-    try:
+
+    def make_app() -> typer.Typer:
+        exp_file = experiment.file
         project = load_project(script=exp_file) if exp_file else load_project()
         start_probes(project)
-        info = info_from(experiment)
-        fn, help_text = _run_handler(project, args)(info)
+        fn, help_text = _run_handler(project, args)(info_from(experiment))
         app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
         app.command(help=help_text)(fn)
-        command = typer.main.get_command(app)
-        result = command.main(args=args, prog_name=Path(sys.argv[0]).name, standalone_mode=False)
-    except PystematicError as e:
-        print(f"error: {e.format_message()}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except click_exceptions.ClickException as e:
-        print(f"error: {e.format_message()}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
+        return app
+
+    sys.exit(_invoke(make_app, args, Path(sys.argv[0]).name))

@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -139,7 +139,6 @@ class RankJob:
     argv: list[str]
     run_dir: str | None
     backend: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _install_sigterm() -> Any:
@@ -310,9 +309,7 @@ def execute(
         if resuming:
             run_dir = resume_dir(Path(values["resume"]))
         else:
-            output_dir = (
-                Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
-            )
+            output_dir = _output_dir(values, project)
             run_dir = shared(rundir.create_run_dir(output_dir, exp.id) if rank == 0 else None)
         assert run_dir is not None
         if rank == 0:
@@ -425,6 +422,11 @@ def execute(
     return outcome
 
 
+def _output_dir(values: Mapping[str, Any], project: Project) -> Path:
+    """``--output-dir`` (already absolute) or the config's folder."""
+    return Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -503,7 +505,7 @@ def launch_distributed(
     nnodes = int(launch.get("nnodes") or 1)
     backend = "nccl" if use_gpus else "gloo"
     values, snapshot = dict(resolved.values), resolved.snapshot()
-    output_dir = Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
+    output_dir = _output_dir(values, project)
     if nnodes > 1:
         # Several nodes share one rendezvous id, the same on every node.
         launch = {**launch, "rdzv_id": launch.get("rdzv_id") or "pystematic"}
