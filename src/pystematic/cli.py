@@ -267,9 +267,7 @@ LAUNCH_OPTIONS = [
 ]
 
 
-def _distributed_handler(
-    project: Project, argv: list[str], script: Path | None
-) -> Callable[[ExperimentInfo], Any]:
+def _distributed_handler(project: Project, argv: list[str]) -> Callable[[ExperimentInfo], Any]:
     def make(info: ExperimentInfo) -> tuple[Callable[..., int], str]:
         params = [*info.parameters, *BUILTIN_PARAMETERS]
 
@@ -282,7 +280,7 @@ def _distributed_handler(
             values = _given(kwargs, [p.name for p in params])
             resolved = resolve_parameters(info.id, params, info.defaults, project, values)
             assert info.experiment is not None
-            return launch_distributed(info.experiment, resolved, project, argv, launch, script)
+            return launch_distributed(info.experiment, resolved, project, argv, launch)
 
         fn = _command_function(params, _effective_defaults(info, project), LAUNCH_OPTIONS, handle)
         return fn, f"Run {info.id} on several ranks through torch's elastic launcher."
@@ -500,7 +498,7 @@ def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer
             _add_experiment_commands(group, found, project, _show_params_handler(project))
         else:
             _add_experiment_commands(
-                group, found, project, _distributed_handler(project, list(argv), script)
+                group, found, project, _distributed_handler(project, list(argv))
             )
     return app
 

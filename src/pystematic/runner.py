@@ -133,7 +133,7 @@ class RankJob:
 
     experiment_id: str
     project_root: str
-    script: str | None
+    file: str  # the experiment's source file: the only module a rank imports
     values: dict[str, Any]
     snapshot: dict[str, Any]
     argv: list[str]
@@ -453,7 +453,7 @@ def rank_entry(job: RankJob) -> None:
     """Entry point of each rank launched by ``pystematic distributed`` (module level: picklable)."""
     import multiprocessing
 
-    from .discovery import discover
+    from .discovery import import_project
 
     # A spawned rank inherits "spawn" as its default start method; give it the platform's
     # default back, so DataLoader workers start as under torchrun or `pystematic run` (fork on
@@ -461,10 +461,8 @@ def rank_entry(job: RankJob) -> None:
     multiprocessing.set_start_method(None, force=True)
     from .project import load_project
 
-    project = load_project(
-        explicit_root=Path(job.project_root), script=Path(job.script) if job.script else None
-    )
-    found = discover(project, script=Path(job.script) if job.script else None, use_cache=False)
+    project = load_project(explicit_root=Path(job.project_root))
+    found = import_project(project, [Path(job.file)])
     info = found.experiments.get(job.experiment_id)
     if info is None or info.experiment is None:
         raise PystematicError(f"rank could not import experiment {job.experiment_id!r}")
@@ -490,7 +488,6 @@ def launch_distributed(
     project: Project,
     argv: list[str],
     launch: Mapping[str, Any],
-    script: Path | None,
 ) -> int:
     """``pystematic distributed``: validate, seed and make the run dir here, then launch ranks."""
     from .errors import DistributedError
@@ -544,7 +541,7 @@ def launch_distributed(
     job = RankJob(
         experiment_id=exp.id,
         project_root=str(project.root),
-        script=str(script) if script else None,
+        file=str(exp.file),
         values=values,
         snapshot=snapshot,
         argv=argv,

@@ -13,9 +13,9 @@ subclass :class:`Backend` and implement :meth:`Backend.write_step`::
 
     recorder = ps.Recorder(run_dir, backends=["jsonl", PrintBackend()])
 
-Backends are called from one thread at a time (usually the recorder's writer
-thread, not the training loop's), only on rank 0, and only after
-:meth:`Backend.open`.
+Backends are called from one thread at a time (the training loop's when a
+batch of steps is full, the recorder's flush thread for what is left every
+few seconds), only on rank 0, and only after :meth:`Backend.open`.
 """
 
 from __future__ import annotations
