@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -253,3 +254,32 @@ def pystematic_exe() -> list[str]:
     """The ``pystematic`` console script beside this interpreter (``-m pystematic`` without)."""
     exe = Path(sys.executable).parent / "pystematic"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "pystematic"]
+
+
+def git_init(root: Path) -> bool:
+    """Make *root* a git repository with one commit; False when git is missing or fails."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        if subprocess.run([git, *argv], cwd=root, env=env, capture_output=True).returncode:
+            return False
+    return True
+
+
+def write_project(root: Path, experiment: str, git: bool) -> bool:
+    """A project with one module, ``experiments/trivial.py``; True when it is in git."""
+    package = root / "experiments"
+    package.mkdir(parents=True)
+    (root / "pystematic.toml").write_text('modules = ["experiments"]\n')
+    (root / ".gitignore").write_text("output/\n.pystematic_cache/\n")
+    (package / "__init__.py").write_text("")
+    (package / "trivial.py").write_text(experiment)
+    return git and git_init(root)

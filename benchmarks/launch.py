@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 import _timing
-from run_overhead import git_init
 
 TARGET_RATIO = 1.10
 
@@ -80,13 +79,7 @@ def main() -> None:
     stats: dict[str, _timing.Stats] = {}
     notes: list[str] = []
     try:
-        package = root / "experiments"
-        package.mkdir(parents=True)
-        (root / "pystematic.toml").write_text('modules = ["experiments"]\n')
-        (root / ".gitignore").write_text("output/\n.pystematic_cache/\n")
-        (package / "__init__.py").write_text("")
-        (package / "trivial.py").write_text(EXPERIMENT)
-        in_git = not args.no_git and git_init(root)
+        in_git = _timing.write_project(root, EXPERIMENT, git=not args.no_git)
         (tmp / "worker.py").write_text(WORKER)
         notes.append(f"project in a git repository: {'yes' if in_git else 'no'}")
         commands = {

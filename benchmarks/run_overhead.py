@@ -19,9 +19,7 @@ discovery cache:
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,34 +52,6 @@ print(args.n)
 """
 
 
-def git_init(root: Path) -> bool:
-    """Make *root* a git repository with one commit; False when git is missing or fails."""
-    git = shutil.which("git")
-    if git is None:
-        return False
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    }
-    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
-        if subprocess.run([git, *argv], cwd=root, env=env, capture_output=True).returncode:
-            return False
-    return True
-
-
-def write_project(root: Path, git: bool) -> bool:
-    package = root / "experiments"
-    package.mkdir(parents=True)
-    (root / "pystematic.toml").write_text('modules = ["experiments"]\n')
-    (root / ".gitignore").write_text("output/\n.pystematic_cache/\n")
-    (package / "__init__.py").write_text("")
-    (package / "trivial.py").write_text(EXPERIMENT)
-    return git and git_init(root)
-
-
 def main() -> None:
     p = _timing.parser(__doc__.split("\n\n")[0])
     p.add_argument("--no-git", action="store_true", help="no git repository around the project")
@@ -91,7 +61,7 @@ def main() -> None:
     stats: dict[str, _timing.Stats] = {}
     notes: list[str] = []
     try:
-        in_git = write_project(root, git=not args.no_git)
+        in_git = _timing.write_project(root, EXPERIMENT, git=not args.no_git)
         (tmp / "baseline.py").write_text(BASELINE)
         notes.append(f"project in a git repository: {'yes' if in_git else 'no'}")
         commands = {

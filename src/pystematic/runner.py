@@ -122,7 +122,6 @@ def resolve_parameters(
 @dataclass
 class RunOutcome:
     exit_code: int
-    run_dir: Path | None
     value: Any = None
     error: BaseException | None = None
 
@@ -332,7 +331,7 @@ def execute(
     stop_heartbeat = threading.Event()
     heartbeat: threading.Thread | None = None
     began = time.time()
-    outcome = RunOutcome(EXIT_OK, run_dir)
+    outcome = RunOutcome(EXIT_OK)
     end: dict[str, Any] = {"status": "completed"}
     try:
         # Setup failures count as the run's failure too: run.json must never stay "running".
