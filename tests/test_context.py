@@ -92,8 +92,8 @@ def test_checkpoint_round_trip_restores_everything(contexts: Any) -> None:
             saved_momentum = optimizer.state_dict()["state"][0]["momentum_buffer"].clone()
             expected = draws(first)
             break
-    assert path == first.output_dir / "checkpoints" / "checkpoint.pt"
-    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temp file left
+    assert path == first.output_dir / "checkpoints" / "checkpoint-2.pt"  # the global step
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint-2.pt"]  # no temp file left
 
     # A fresh process would start with other weights and other generator states.
     seeding.seed_all(999)
@@ -247,7 +247,7 @@ def test_context_proxy_inside_and_after_a_run(project: Project) -> None:
     result = project.python("script.py")
     assert result.returncode == 0, result.stderr
     run_dir = project.only_run_dir("ck")
-    checkpoint = run_dir / "checkpoints" / "checkpoint.pt"
+    checkpoint = run_dir / "checkpoints" / "checkpoint-0.pt"
     assert f"returned 1 {checkpoint}" in result.stdout
     assert "after the run: ps.context is only available" in result.stdout
     payload = torch.load(checkpoint, weights_only=False)

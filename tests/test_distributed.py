@@ -20,20 +20,22 @@ import pytest
 import _dist_helpers
 from pystematic.distributed import (
     DistEnv,
+    detect_environment,
+    expand_hostlist,
+    export_environment,
+    select_backend,
+    slurm_master_port,
+)
+from pystematic.errors import DistributedError, PystematicError
+from pystematic.launch import (
     LaunchSpec,
     RankFailedError,
     _describe,
     _launch_config,
     _rank_failed,
     check_gpus,
-    detect_environment,
-    expand_hostlist,
-    export_environment,
     launch,
-    select_backend,
-    slurm_master_port,
 )
-from pystematic.errors import DistributedError, PystematicError
 
 HELPERS_DIR = str(Path(_dist_helpers.__file__).parent)
 SRC_DIR = str(Path(__file__).parent.parent / "src")
@@ -503,7 +505,7 @@ LAUNCHER_SCRIPT = textwrap.dedent(
     import signal, sys
     from pathlib import Path
     import _dist_helpers
-    from pystematic.distributed import LaunchSpec, launch
+    from pystematic.launch import LaunchSpec, launch
 
     class Terminated(Exception):
         pass

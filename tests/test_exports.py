@@ -52,19 +52,33 @@ def test_all_holds_the_promised_names() -> None:
 def test_every_exported_name_resolves(name: str) -> None:
     value = getattr(ps, name)
     assert value is not None
-    if name not in ("recorder", "__version__"):
+    if name not in ("recorder", "context", "__version__"):
         assert not isinstance(value, types.ModuleType), name
 
 
-def test_everything_public_is_in_all() -> None:
-    """Like httpx: a public, non-module name in the package is either exported or private."""
-    allowed_extra = {"annotations", "TYPE_CHECKING", "Any"}  # typing helpers of __init__
+def test_all_is_exactly_the_public_names() -> None:
+    """Like httpx: every public, non-module name of the package is exported, and nothing
+    else (no typing helpers such as Any or annotations); lazy names count too."""
     public = {
         name
         for name, value in vars(ps).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert public - allowed_extra <= set(ps.__all__)
+    lazy = {"Recorder", "load_runs"}
+    modules_by_design = {"context", "recorder"}
+    assert public | lazy | modules_by_design | {"__version__"} == set(ps.__all__)
+
+
+def test_context_is_its_module_and_forwards_to_the_running_context() -> None:
+    import pystematic.context as module
+
+    assert isinstance(module, types.ModuleType)
+    assert module is ps.context
+    assert module.Context is ps.Context
+    with pytest.raises(ps.PystematicError, match="only available while an experiment runs"):
+        _ = ps.context.params
+    with pytest.raises(AttributeError):
+        _ = ps.context.no_such_attribute
 
 
 @pytest.mark.parametrize("name", sorted(ERRORS))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import pystematic.recorder as ps_recorder
+import pystematic as ps
 from pystematic.errors import ParameterError
 from pystematic.recording import (
     Backend,
@@ -605,7 +605,7 @@ def test_user_backends_plug_in_and_a_failing_one_does_not_stop_the_others(
     assert mine.seen == [(0, {"a": 0.0}), (1, {"a": 1.0}), (2, {"a": 2.0})]
     assert len(read_jsonl(tmp_path)) == 3
     assert sum("'broken' failed" in r.getMessage() for r in caplog.records) == 1
-    assert ps_recorder.Backend is Backend and ps_recorder.Recorder is Recorder
+    assert ps.recorder.Backend is Backend and ps.recorder.Recorder is Recorder
 
 
 def test_console_prints_every_n_steps_and_the_last(

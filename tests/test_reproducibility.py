@@ -103,7 +103,8 @@ def test_same_seed_gives_identical_weights(runs: dict[str, Path]) -> None:
     import torch
 
     def weights(run_dir: Path) -> dict[str, Any]:
-        payload = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)
+        (latest,) = (run_dir / "checkpoints").glob("checkpoint-*.pt")
+        payload = torch.load(latest, weights_only=False)
         state: dict[str, Any] = payload["user"]["model"]
         return state
 

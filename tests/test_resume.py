@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,17 @@ def test_resume_refuses_a_run_that_is_still_running(project: Project) -> None:
     assert project.run("run", "res", "--random-seed", "1", "--epochs", "1").returncode == 0
     run_dir = project.only_run_dir("res")
     record = json.loads((run_dir / "run.json").read_text())
-    record.update(status="running", heartbeat=datetime.now(timezone.utc).isoformat())
+    before = dict(record)
+    # A live process on this host with a fresh heartbeat: this test's own.
+    record.update(
+        status="running", heartbeat=datetime.now(timezone.utc).isoformat(), pid=os.getpid()
+    )
     (run_dir / "run.json").write_text(json.dumps(record))
     result = project.run("run", "res", "--resume", str(run_dir))
     assert result.returncode == 2
     assert "still running" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert json.loads((run_dir / "run.json").read_text())["resumes"] == before["resumes"]
 
 
 def test_resume_of_something_that_is_not_a_run(project: Project) -> None:

@@ -592,3 +592,173 @@ def test_runs_skips_a_corrupt_run_json_with_a_warning(tracked: Project, tmp_path
     assert table.returncode == 0, table.stderr
     assert str(broken / "run.json") in table.stderr
     assert all(run_id in table.stdout for run_id in ids)
+
+
+# ---------------------------------------------------------------- how main ends
+
+EXITS = """
+    import os
+    import sys
+
+    import pystematic as ps
+
+    @ps.parameter("how", default="zero")
+    @ps.experiment
+    def leave(params, context):
+        context.recorder.scalar("x", 1.0)
+        context.recorder.step()
+        if params.how == "zero":
+            sys.exit(0)
+        if params.how == "three":
+            sys.exit(3)
+        if params.how == "text":
+            sys.exit("bad input file")
+        os._exit(5)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "status", "error"),
+    [
+        ("zero", 0, "completed", None),
+        ("three", 3, "failed", "main exited with status 3"),
+        ("text", 1, "failed", "main exited with 'bad input file'"),
+    ],
+)
+def test_sys_exit_in_main(
+    project: Project, how: str, code: int, status: str, error: str | None
+) -> None:
+    project.write("exps.py", EXITS)
+    result = project.run("run", "leave", "--how", how)
+    assert result.returncode == code, result.stderr
+    record = run_json(project.only_run_dir("leave"))
+    assert (record["status"], record["error"]) == (status, error)
+    assert record["metrics"] == {"x": 1.0}
+    if how == "text":
+        assert "bad input file" in result.stderr
+
+
+def test_os_exit_in_main_is_died(project: Project) -> None:
+    project.write("exps.py", EXITS)
+    result = project.run("run", "leave", "--how", "os_exit")
+    assert result.returncode == 5
+    (record,) = project.run("runs", "--json").json()
+    assert record["status"] == "died"
+
+
+NESTED = """
+    import json
+    import random
+
+    import pystematic as ps
+
+    @ps.experiment
+    def inner(params, context):
+        return 1
+
+    @ps.experiment
+    def outer(params, context):
+        random.random()
+        state = random.getstate()
+        try:
+            inner.run({})
+            message = None
+        except ps.PystematicError as e:
+            message = str(e)
+        seen = {
+            "message": message,
+            "same_rng": random.getstate() == state,
+            "same_context": ps.context.output_dir == context.output_dir,
+        }
+        (context.output_dir / "nested.json").write_text(json.dumps(seen))
+"""
+
+
+def test_an_experiment_started_inside_a_running_one_is_refused(project: Project) -> None:
+    project.write("exps.py", NESTED)
+    result = project.run("run", "outer")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads((project.only_run_dir("outer") / "nested.json").read_text())
+    assert seen["message"] == (
+        "cannot start experiment 'inner' inside the running experiment 'outer': "
+        "one experiment runs at a time in a process"
+    )
+    assert seen["same_rng"] and seen["same_context"]
+    assert project.run_dirs("inner") == []
+
+
+LEAVER = """
+    import subprocess
+    import threading
+
+    import pystematic as ps
+
+    @ps.parameter("what", default="child")
+    @ps.experiment
+    def leaver(params, context):
+        if params.what == "child":
+            proc = subprocess.Popen(["sleep", "300"])
+            (context.output_dir / "child.pid").write_text(str(proc.pid))
+        else:
+            threading.Thread(target=threading.Event().wait, name="forever", daemon=False).start()
+"""
+
+
+def test_children_left_running_are_stopped_and_named(project: Project) -> None:
+    project.write("exps.py", LEAVER)
+    result = project.run("run", "leaver", timeout=60)
+    assert result.returncode == 0, result.stderr
+    run_dir = project.only_run_dir("leaver")
+    pid = int((run_dir / "child.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()
+    log = (run_dir / "output.log").read_text()
+    assert f"main left child processes running, stopping them: {pid} (sleep 300)" in log
+    assert run_json(run_dir)["status"] == "completed"
+
+
+def test_a_thread_left_running_does_not_hold_the_process(project: Project) -> None:
+    project.write("exps.py", LEAVER)
+    result = project.run("run", "leaver", "--what", "thread", timeout=60)
+    assert result.returncode == 0, result.stderr
+    run_dir = project.only_run_dir("leaver")
+    assert (
+        "main left threads running, not waiting for them: forever"
+        in (run_dir / "output.log").read_text()
+    )
+    assert run_json(run_dir)["status"] == "completed"
+
+
+LOADER = """
+    import functools
+    import json
+
+    import numpy as np
+
+    import pystematic as ps
+
+    def note(folder, worker_id):
+        draw = float(np.random.random())
+        (folder / f"worker{worker_id}.json").write_text(json.dumps(draw))
+
+    @ps.experiment
+    def loader(params, context):
+        folder = context.output_dir
+        data = context.dataloader(
+            list(range(8)),
+            batch_size=2,
+            num_workers=2,
+            worker_init_fn=functools.partial(note, folder),
+        )
+        list(data)
+"""
+
+
+def test_dataloader_runs_the_users_worker_init_fn_after_the_seeding(project: Project) -> None:
+    project.write("exps.py", LOADER)
+    draws = []
+    for _ in range(2):
+        assert project.run("run", "loader", "--random-seed", "7").returncode == 0
+        run_dir = project.run_dirs("loader")[-1]
+        draws.append([json.loads((run_dir / f"worker{w}.json").read_text()) for w in (0, 1)])
+    assert draws[0] == draws[1]  # seeded before the user's function ran
+    assert draws[0][0] != draws[0][1]  # and differently per worker

@@ -1,16 +1,14 @@
 """pystematic: set up, run and keep track of reproducible PyTorch experiments.
 
-Importing this package is cheap: torch and tensorboardX load only when a run
-needs them.
+Importing this package is cheap: torch, tensorboardX, Typer and rich load only when
+a run or a command needs them.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._version import __version__
 from .context import Context
-from .context import context_proxy as context
 from .errors import (
     ConfigError,
     DiscoveryError,
@@ -24,10 +22,16 @@ from .experiment import Experiment, Group, experiment, group
 from .params import Params, param_group, parameter
 from .seeding import worker_init_fn
 
-if TYPE_CHECKING:
-    from . import recorder as recorder
-    from .recording import Recorder as Recorder
-    from .runs import load_runs as load_runs
+if _TYPE_CHECKING:
+    from . import recording as recorder
+    from .recording import Recorder
+    from .runs import load_runs
+
+    # ps.context is the module pystematic.context, which forwards attribute access to
+    # the running run's Context: to a type checker it is that Context.
+    context: Context
+else:
+    from . import context  # type: ignore[assignment]
 
 __all__ = [
     "ConfigError",
@@ -55,23 +59,27 @@ __all__ = [
 ]
 
 
-def global_entrypoint() -> None:
-    """The pystematic CLI for the calling script: ``python train.py run train --epochs 5``."""
+def global_entrypoint(argv: "list[str] | None" = None, exit_on_error: bool = True) -> _Any:
+    """The pystematic CLI for the calling script: ``python train.py run train --epochs 5``.
+
+    With ``exit_on_error=False`` it returns the command's result (main's value for
+    ``run``) and raises errors instead of exiting.
+    """
     from .cli import global_entrypoint as entrypoint
 
-    entrypoint()
+    return entrypoint(argv, exit_on_error)
 
 
-def __getattr__(name: str) -> Any:
-    # Loaded on first use: the recorder pulls in numpy, runs pulls in rich.
+def __getattr__(name: str) -> _Any:
+    # Loaded on first use: the recorder pulls in numpy, runs reads files.
     if name == "Recorder":
         from .recording import Recorder
 
         return Recorder
     if name == "recorder":
-        import importlib
+        from . import recording
 
-        return importlib.import_module(".recorder", __name__)
+        return recording
     if name == "load_runs":
         from .runs import load_runs
 

@@ -1,58 +1,209 @@
-"""The ``pystematic`` command line, built with Typer from discovered declarations.
+"""The ``pystematic`` command line: a Typer app whose experiment commands are built on demand.
 
-Only the commands that need experiments (``run``, ``show-params``,
-``distributed``, completion) discover them, and only ``run`` and
-``distributed`` import user code for sure; ``--help``, ``list`` and
-``show-params`` read the discovery cache when nothing changed.
+``run``, ``show-params`` and ``distributed`` are groups with one command per
+experiment (``ps.group`` members nest). Their commands are made by one factory,
+:func:`experiment_command`, from the declarations, and only the command that is asked
+for is built: from the discovery cache, so ``--help``, ``list``, ``show-params`` and
+shell completion import no user module and no torch. A ``run`` imports the one
+module that defines the experiment. Typer parses; pystematic validates; every user
+error becomes one ``error:`` line in :func:`invoke`.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click import Context as ClickContext
 from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
+from typer.models import CommandInfo
 
 from ._version import __version__
-from .discovery import Discovered, ExperimentInfo, describe_type, discover
-from .errors import PystematicError, UnknownExperimentError
-from .params import BUILTIN_PARAMETERS, Parameter, cli_name, to_toml_value
-from .project import Project, load_project
+from .discovery import Discovered, ExperimentInfo, describe_type, discover, discover_for_run
+from .errors import DistributedError, ParameterError, PystematicError, UnknownExperimentError
+from .errors import did_you_mean as _did_you_mean
+from .params import (
+    BUILTIN_PARAMETERS,
+    Parameter,
+    cli_name,
+    resolve_parameters,
+    to_toml_value,
+)
+from .project import Project, check_experiment_tables, load_project
 
-EXPERIMENT_COMMANDS = ("run", "show-params", "distributed")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "--help"],
+    # Names are snake_case in Python: --batch_size is --batch-size, run my_exp is my-exp.
+    "token_normalize_func": lambda token: token.replace("_", "-"),
+}
+EXPERIMENT_COMMANDS = {
+    "run": "Run an experiment in a new run folder.",
+    "show-params": "Show an experiment's parameters, values and their sources.",
+    "distributed": "Run an experiment on several ranks (elastic launcher).",
+}
 
 
-class ExperimentGroup(TyperGroup):
-    """A group of experiment commands: unknown names get a one-line "did you mean"."""
+# ---------------------------------------------------------------- per-invocation state
 
-    failures_note: str = ""
 
-    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
-        if args and not args[0].startswith("-"):
-            name = args[0].replace("_", "-")
-            if name in self.commands:
-                return super().resolve_command(ctx, [name, *args[1:]])
-            close = difflib.get_close_matches(name, list(self.commands), n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            known = "" if close else f" (known: {', '.join(self.commands) or 'none'})"
+@dataclass
+class CliState:
+    """What one invocation knows: where the project is and what it holds (no globals)."""
+
+    argv: list[str] = field(default_factory=list)
+    script: Path | None = None
+    only: list[ExperimentInfo] | None = None  # exp.cli() / group.cli(): these, no discovery
+    raise_errors: bool = False  # exit_on_error=False: main's value and errors come back
+    project_flag: Path | None = None
+    result: Any = None
+    _project: Project | None = None
+    _found: Discovered | None = None
+    _probes: Any = None
+    _warned: bool = field(default=False)
+
+    def project(self) -> Project:
+        if self._project is None:
+            if self.project_flag is not None:
+                self._project = load_project(explicit_root=self.project_flag)
+            elif self.only:
+                self._project = project_for_file(self.only[0].file)
+            else:
+                self._project = load_project(script=self.script)
+        return self._project
+
+    def discovered(self, *, importing: bool = False, warn: bool = True) -> Discovered:
+        """The project's experiments, from the cache when it is valid.
+
+        ``importing``: the command will import user code, so start git and the package
+        listing first, to finish in the shadow of that import. ``warn``: name the modules
+        that failed to import on stderr (once).
+        """
+        if self._found is None:
+            if self.only is not None:
+                self._found = Discovered({i.id: i for i in self.only})
+                return self._found
+            project = self.project()
+            before = self.start_probes if importing else None
+            self._found = discover(project, script=self.script, before_import=before)
+            if self._found.failures and warn and not self._warned:
+                self._warned = True
+                for failure in self._found.failures:
+                    print(f"warning: {failure.file}: {failure.message}", file=sys.stderr)
+        return self._found
+
+    def start_probes(self) -> Any:
+        from .start import Probes
+
+        if self._probes is None:
+            self._probes = Probes.start(self.project())
+        return self._probes
+
+    def imported(self, info: ExperimentInfo) -> ExperimentInfo:
+        """*info* with its main function: its module imported for real."""
+        if info.main is not None:
+            return info
+        self.start_probes()
+        found = discover_for_run(self.project(), info.id, script=self.script)
+        real = found.experiments.get(info.id)
+        if real is None or real.main is None:
             raise UnknownExperimentError(
-                f"unknown experiment {args[0]!r}{hint}{known}{self.failures_note}"
+                f"experiment {info.id!r} is gone from {info.file}" + found.failures_note()
             )
-        return super().resolve_command(ctx, args)
+        self._found = found
+        return real
 
 
-# ---------------------------------------------------------------- options from declarations
+def project_for_file(file: str | None) -> Project:
+    """The project of an experiment's source file; the working folder's for code that has no
+    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
+    path = Path(file) if file and file != "None" else None
+    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
+        return load_project(script=path)
+    return load_project()
+
+
+def _state(ctx: ClickContext) -> CliState:
+    root = ctx.find_root()
+    state = root.obj
+    assert isinstance(state, CliState)
+    if state.project_flag is None and root.params.get("project") is not None:
+        state.project_flag = Path(root.params["project"])
+    return state
+
+
+# ---------------------------------------------------------------- experiment commands
+
+
+class ExperimentCommands(TyperGroup):
+    """A group with one command per experiment at this level of ``ps.group`` nesting.
+
+    Commands are built when asked for (``get_command``), from the declarations.
+    """
+
+    def __init__(self, *, kind: str, prefix: tuple[str, ...] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.prefix = prefix
+
+    def _level(self, ctx: ClickContext) -> tuple[dict[str, ExperimentInfo], dict[str, str]]:
+        """(experiments, subgroups with their help) directly at this level, by CLI name."""
+        found = _state(ctx).discovered(importing=self.kind != "show-params")
+        depth = len(self.prefix)
+        experiments: dict[str, ExperimentInfo] = {}
+        groups: dict[str, str] = {}
+        for info in found.experiments.values():
+            names = tuple(g[0] for g in info.groups)
+            if names[:depth] != self.prefix:
+                continue
+            if len(names) == depth:
+                experiments[cli_name(info.name)] = info
+            else:
+                groups.setdefault(cli_name(names[depth]), info.groups[depth][1])
+        return experiments, groups
+
+    def list_commands(self, ctx: ClickContext) -> list[str]:
+        experiments, groups = self._level(ctx)
+        return sorted([*experiments, *groups])
+
+    def get_command(self, ctx: ClickContext, name: str) -> Any:
+        experiments, groups = self._level(ctx)
+        if name in groups:
+            return ExperimentCommands(
+                kind=self.kind,
+                prefix=(*self.prefix, name.replace("-", "_")),
+                name=name,
+                help=groups[name],
+                no_args_is_help=True,
+            )
+        info = experiments.get(name)
+        if info is None:
+            return None
+        return experiment_command(self.kind, info, _effective_defaults(info, _state(ctx).project()))
+
+    def resolve_command(self, ctx: ClickContext, args: list[str]) -> Any:
+        """The command for ``args[0]``; an unknown name is one line with a did-you-mean."""
+        if not args or args[0].startswith("-"):
+            return super().resolve_command(ctx, args)
+        name = ctx.token_normalize_func(args[0]) if ctx.token_normalize_func else args[0]
+        command = self.get_command(ctx, name)
+        if command is None and not ctx.resilient_parsing:
+            known = self.list_commands(ctx)
+            hint = _did_you_mean(name, known) or f" (known: {', '.join(known) or 'none'})"
+            what = "group member" if self.prefix else "experiment"
+            note = _state(ctx).discovered().failures_note()
+            raise UnknownExperimentError(f"unknown {what} {args[0]!r}{hint}{note}")
+        return (name if command is not None else None), command, args[1:]
 
 
 def _shown_default(value: Any) -> str:
@@ -65,12 +216,19 @@ def _shown_default(value: Any) -> str:
     return str(value)
 
 
+def _completer(values: Sequence[Any]) -> Callable[[str], list[str]]:
+    words = [str(v) for v in values]
+    return lambda incomplete: [w for w in words if w.startswith(incomplete)]
+
+
 def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
     """(annotation, typer.Option) for a declaration; values stay strings for pystematic."""
     names = [param.option]
     if param.is_flag:
         names = [f"{param.option}/--no-{cli_name(param.name)}"]
         annotation: Any = bool | None
+    elif param.type_name == "path":
+        annotation = list[Path] | None if param.multiple else Path | None  # completes files
     elif param.multiple:
         annotation = list[str] | None
     else:
@@ -80,11 +238,20 @@ def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
         help_text += " [repeatable]"
     if param.choices is not None:
         help_text += f" [choices: {', '.join(str(c) for c in param.choices)}]"
-    shown = _shown_default(effective)
+    shown = param.default_help or _shown_default(effective)
     if param.required:
         help_text += " [required]"
+    elif param.computed_default and not param.default_help:
+        help_text += " [default: computed at run time]"
     elif shown:
         help_text += f" [default: {shown}]"
+    completion = None
+    if param.choices is not None:
+        completion = _completer(param.choices)
+    elif param.name == "recorder":
+        from .recording import BACKENDS
+
+        completion = _completer(sorted(BACKENDS))
     option = typer.Option(
         None,
         *names,
@@ -92,35 +259,47 @@ def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
         show_default=False,
         metavar=None if param.is_flag else param.type_name.upper(),
         rich_help_panel="pystematic" if param.builtin else (param.group or None),
+        hidden=param.hidden,
+        autocompletion=completion,
     )
     return annotation, option
 
 
-def _command_function(
-    parameters: Sequence[Parameter],
-    effective: dict[str, Any],
-    extra: Sequence[tuple[str, Any, Any]],
-    handler: Callable[[dict[str, Any]], int],
-) -> Callable[..., int]:
-    """A function whose signature Typer reads: one option per parameter, plus *extra*."""
-    sig_params = []
-    annotations: dict[str, Any] = {}
-    for param in parameters:
-        annotation, option = _option_for(param, effective.get(param.name))
-        sig_params.append(
-            inspect.Parameter(param.name, inspect.Parameter.KEYWORD_ONLY, default=option)
+def _launch_option(flag: str, kind: Any, default: Any, help_text: str) -> tuple[str, Any, Any]:
+    name = "launch_" + flag.lstrip("-").replace("-", "_")
+    option = typer.Option(default, flag, help=help_text, rich_help_panel="launch")
+    return name, kind if default is not None else kind | None, option
+
+
+LAUNCH_OPTIONS = [
+    _launch_option("--gpus", int, None, "GPUs (ranks) per node, nccl."),
+    _launch_option("--nproc", int, None, "CPU ranks per node, gloo."),
+    _launch_option("--nnodes", int, 1, "Number of nodes."),
+    _launch_option("--node-rank", int, None, "This node's rank (static rendezvous)."),
+    _launch_option("--master-addr", str, None, "Address of node 0 (static rendezvous)."),
+    _launch_option("--master-port", int, None, "Port on node 0 (static rendezvous)."),
+    _launch_option("--rdzv-endpoint", str, None, "HOST:PORT of the c10d rendezvous."),
+    _launch_option("--rdzv-id", str, None, "Job id shared by all nodes."),
+    _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
+]
+JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
+
+
+def _effective_defaults(info: ExperimentInfo, project: Project) -> dict[str, Any]:
+    """What a run would get without flags (config and environment included), for help."""
+    try:
+        resolved = resolve_parameters(
+            info.id,
+            [*info.parameters, *BUILTIN_PARAMETERS],
+            info.defaults,
+            project,
+            {},
+            compute=False,
         )
-        annotations[param.name] = annotation
-    for name, annotation, option in extra:
-        sig_params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option))
-        annotations[name] = annotation
-
-    def command(**kwargs: Any) -> int:
-        return handler(kwargs)
-
-    command.__signature__ = inspect.Signature(sig_params)  # type: ignore[attr-defined]
-    command.__annotations__ = {**annotations, "return": int}
-    return command
+        # Custom parse callables show their input string ("2x3"), not the parsed value.
+        return {**resolved.values, **resolved.raw}
+    except PystematicError:
+        return {p.name: p.default for p in info.parameters}
 
 
 def _given(kwargs: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -136,95 +315,159 @@ def _given(kwargs: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _effective_defaults(info: ExperimentInfo, project: Project) -> dict[str, Any]:
-    from .runner import resolve_parameters
+def experiment_command(kind: str, info: ExperimentInfo, effective: dict[str, Any]) -> Any:
+    """The click command ``kind`` (run, show-params, distributed) of one experiment.
 
-    try:
-        resolved = resolve_parameters(
-            info.id, [*info.parameters, *BUILTIN_PARAMETERS], info.defaults, project, {}
+    ``effective`` holds the values a run would get without flags, shown as defaults.
+    """
+    parameters = [*info.parameters, *BUILTIN_PARAMETERS]
+    extra: list[tuple[str, Any, Any]] = []
+    if kind == "distributed":
+        extra = LAUNCH_OPTIONS
+        launch_names = {name.removeprefix("launch_") for name, _, _ in LAUNCH_OPTIONS}
+        clash = sorted(launch_names & {p.name for p in info.parameters})
+        if clash:
+            raise DistributedError(
+                f"parameter --{cli_name(clash[0])} of {info.id} clashes with the "
+                f"`distributed` option of that name; rename the parameter"
+            )
+    elif kind == "show-params":
+        extra = [JSON_OPTION]
+    helps = {
+        "run": info.help,
+        "show-params": f"Show the parameters of {info.id}; flags preview a run's values.",
+        "distributed": f"Run {info.id} on several ranks through torch's elastic launcher.",
+    }
+
+    def command(ctx: ClickContext, **kwargs: Any) -> Any:
+        state = _state(ctx)
+        values = _given(kwargs, [p.name for p in parameters])
+        options = {
+            k.removeprefix("launch_"): v for k, v in kwargs.items() if k.startswith("launch_")
+        }
+        return HANDLERS[kind](state, info, values, options, bool(kwargs.get("as_json")))
+
+    sig_params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ClickContext)
+    ]
+    annotations: dict[str, Any] = {"ctx": ClickContext}
+
+    def add(name: str, annotation: Any, option: Any) -> None:
+        sig_params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option))
+        annotations[name] = annotation
+
+    for param in parameters:
+        add(param.name, *_option_for(param, effective.get(param.name)))
+    for name, annotation, option in extra:
+        add(name, annotation, option)
+    command.__signature__ = inspect.Signature(sig_params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    return typer.main.get_command_from_info(
+        CommandInfo(
+            name=cli_name(info.name),
+            callback=command,
+            help=helps[kind],
+            context_settings=CONTEXT_SETTINGS,
+        ),
+        pretty_exceptions_short=True,
+        rich_markup_mode=typer.core.DEFAULT_MARKUP_MODE,
+    )
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _resolve(state: CliState, info: ExperimentInfo, values: dict[str, Any]) -> Any:
+    project = state.project()
+    if state.only is None:
+        check_experiment_tables(project, list(state.discovered().experiments))
+    params = [*info.parameters, *BUILTIN_PARAMETERS]
+    return resolve_parameters(info.id, params, info.defaults, project, values)
+
+
+def _handle_run(
+    state: CliState,
+    info: ExperimentInfo,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    as_json: bool,
+) -> Any:
+    from .runner import run_experiment
+
+    info = state.imported(info)
+    resolved = _resolve(state, info, values)
+    outcome = run_experiment(
+        info,
+        state.project(),
+        resolved.values,
+        resolved.snapshot(),
+        state.argv,
+        probes=state.start_probes(),
+    )
+    if state.raise_errors:
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+    return outcome.exit_code
+
+
+def _handle_distributed(
+    state: CliState,
+    info: ExperimentInfo,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    as_json: bool,
+) -> int:
+    from .launch import launch_distributed
+
+    info = state.imported(info)
+    resolved = _resolve(state, info, values)
+    return launch_distributed(
+        info, state.project(), resolved.values, resolved.snapshot(), state.argv, options
+    )
+
+
+def _handle_show_params(
+    state: CliState,
+    info: ExperimentInfo,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    as_json: bool,
+) -> int:
+    custom = {p.name for p in info.parameters if p.is_custom}
+    if info.computed_defaults or custom & set(values):
+        info = state.imported(info)  # the real callables decide these values
+    resolved = _resolve(state, info, values)
+    rows = []
+    for p in [*info.parameters, *BUILTIN_PARAMETERS]:
+        if p.hidden:
+            continue
+        # Custom parse callables show their input string, as parameters.toml keeps it.
+        value = resolved.raw.get(p.name, resolved.values.get(p.name))
+        rows.append(
+            {
+                "name": p.name,
+                "type": describe_type(p),
+                "default": to_toml_value(value) if value is not None else None,
+                "source": resolved.sources.get(p.name, "decorator"),
+                "choices": [to_toml_value(c) for c in p.choices] if p.choices else None,
+                "required": p.required,
+                "help": p.help,
+                "builtin": p.builtin,
+            }
         )
-        # Custom parse callables show their input string ("2x3"), not the parsed value.
-        return {**resolved.values, **resolved.raw}
-    except PystematicError:
-        return {p.name: p.default for p in info.parameters}
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _print_params_table(info, rows)
+    return 0
 
 
-def _add_experiment_commands(
-    group: typer.Typer,
-    found: Discovered,
-    project: Project,
-    make: Callable[[ExperimentInfo], tuple[Callable[..., int], str]],
-) -> None:
-    """One command per experiment, nested under a sub-group for ``ps.group`` members."""
-    subgroups: dict[str, typer.Typer] = {}
-    for info in found.experiments.values():
-        target = group
-        if info.group:
-            if info.group not in subgroups:
-                subgroups[info.group] = typer.Typer(cls=ExperimentGroup, help=info.group_help)
-                group.add_typer(subgroups[info.group], name=cli_name(info.group))
-            target = subgroups[info.group]
-        fn, help_text = make(info)
-        target.command(name=cli_name(info.name), help=help_text)(fn)
-
-
-# ---------------------------------------------------------------- command handlers
-
-
-def _run_handler(project: Project, argv: list[str]) -> Callable[[ExperimentInfo], Any]:
-    def make(info: ExperimentInfo) -> tuple[Callable[..., int], str]:
-        params = [*info.parameters, *BUILTIN_PARAMETERS]
-
-        def handle(kwargs: dict[str, Any]) -> int:
-            from .runner import execute, resolve_parameters
-
-            assert info.experiment is not None
-            values = _given(kwargs, [p.name for p in params])
-            resolved = resolve_parameters(info.id, params, info.defaults, project, values)
-            outcome = execute(info.experiment, resolved.values, resolved.snapshot(), project, argv)
-            return outcome.exit_code
-
-        return _command_function(params, _effective_defaults(info, project), [], handle), info.help
-
-    return make
-
-
-def _show_params_handler(project: Project) -> Callable[[ExperimentInfo], Any]:
-    def make(info: ExperimentInfo) -> tuple[Callable[..., int], str]:
-        params = [*info.parameters, *BUILTIN_PARAMETERS]
-
-        def handle(kwargs: dict[str, Any]) -> int:
-            from .runner import resolve_parameters
-
-            values = _given(kwargs, [p.name for p in params])
-            resolved = resolve_parameters(info.id, params, info.defaults, project, values)
-            rows = []
-            for p in params:
-                # Custom parse callables show their input string, as parameters.toml keeps it.
-                value = resolved.raw.get(p.name, resolved.values.get(p.name))
-                rows.append(
-                    {
-                        "name": p.name,
-                        "type": describe_type(p),
-                        "default": to_toml_value(value) if value is not None else None,
-                        "source": resolved.sources.get(p.name, "decorator"),
-                        "choices": [to_toml_value(c) for c in p.choices] if p.choices else None,
-                        "required": p.required,
-                        "help": p.help,
-                        "builtin": p.builtin,
-                    }
-                )
-            if kwargs.get("as_json"):
-                print(json.dumps(rows, indent=1))
-            else:
-                _print_params_table(info, rows)
-            return 0
-
-        json_opt = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
-        fn = _command_function(params, _effective_defaults(info, project), [json_opt], handle)
-        return fn, f"Show the parameters of {info.id}; flags preview a run's values."
-
-    return make
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "run": _handle_run,
+    "show-params": _handle_show_params,
+    "distributed": _handle_distributed,
+}
 
 
 def _print_params_table(info: ExperimentInfo, rows: list[dict[str, Any]]) -> None:
@@ -248,83 +491,42 @@ def _print_params_table(info: ExperimentInfo, rows: list[dict[str, Any]]) -> Non
     Console().print(table)
 
 
-def _launch_option(flag: str, kind: Any, default: Any, help_text: str) -> tuple[str, Any, Any]:
-    name = "launch_" + flag.lstrip("-").replace("-", "_")
-    option = typer.Option(default, flag, help=help_text, rich_help_panel="launch")
-    return name, kind if default is not None else kind | None, option
+# ---------------------------------------------------------------- other commands
 
 
-LAUNCH_OPTIONS = [
-    _launch_option("--gpus", int, None, "GPUs (ranks) per node, nccl."),
-    _launch_option("--nproc", int, None, "CPU ranks per node, gloo."),
-    _launch_option("--nnodes", int, 1, "Number of nodes."),
-    _launch_option("--node-rank", int, None, "This node's rank (static rendezvous)."),
-    _launch_option("--master-addr", str, None, "Address of node 0 (static rendezvous)."),
-    _launch_option("--master-port", int, None, "Port on node 0 (static rendezvous)."),
-    _launch_option("--rdzv-endpoint", str, None, "HOST:PORT of the c10d rendezvous."),
-    _launch_option("--rdzv-id", str, None, "Job id shared by all nodes."),
-    _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
-]
+def list_command(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+) -> int:
+    """List the experiments of the project."""
+    state = _state(ctx)
+    project = state.project()
+    found = state.discovered(warn=False)
+    rows = [
+        {
+            "name": i.id,
+            "module": i.module,
+            "file": _rel(i.file, project.root),
+            "description": i.description,
+        }
+        for i in found.experiments.values()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
 
-
-def _distributed_handler(project: Project, argv: list[str]) -> Callable[[ExperimentInfo], Any]:
-    def make(info: ExperimentInfo) -> tuple[Callable[..., int], str]:
-        params = [*info.parameters, *BUILTIN_PARAMETERS]
-
-        def handle(kwargs: dict[str, Any]) -> int:
-            from .runner import launch_distributed, resolve_parameters
-
-            launch = {
-                k.removeprefix("launch_"): v for k, v in kwargs.items() if k.startswith("launch_")
-            }
-            values = _given(kwargs, [p.name for p in params])
-            resolved = resolve_parameters(info.id, params, info.defaults, project, values)
-            assert info.experiment is not None
-            return launch_distributed(info.experiment, resolved, project, argv, launch)
-
-        fn = _command_function(params, _effective_defaults(info, project), LAUNCH_OPTIONS, handle)
-        return fn, f"Run {info.id} on several ranks through torch's elastic launcher."
-
-    return make
-
-
-# ---------------------------------------------------------------- the app
-
-
-def _list_command(project_loader: Callable[[], Project], script: Path | None) -> Callable[..., int]:
-    def list_experiments(as_json: JsonFlag = False) -> int:
-        """List the experiments of the project."""
-        project = project_loader()
-        found = discover(project, script=script)
-        rows = [
-            {
-                "name": i.id,
-                "module": i.module,
-                "file": _rel(i.file, project.root),
-                "description": i.description,
-            }
-            for i in found.experiments.values()
-        ]
-        if as_json:
-            print(json.dumps(rows, indent=1))
-        else:
-            from rich.console import Console
-            from rich.markup import escape
-            from rich.table import Table
-
-            table = Table()
-            for column in ("name", "module", "description"):
-                table.add_column(column)
-            for row in rows:
-                table.add_row(
-                    escape(row["name"]), escape(row["module"]), escape(row["description"])
-                )
-            Console().print(table)
-        for failure in found.failures:
-            print(f"error: {failure.file}: {failure.message}", file=sys.stderr)
-        return 1 if found.failures else 0
-
-    return list_experiments
+        table = Table()
+        for column in ("name", "module", "description"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(escape(row["name"]), escape(row["module"]), escape(row["description"]))
+        Console().print(table)
+    for failure in found.failures:
+        print(f"error: {failure.file}: {failure.message}", file=sys.stderr)
+    return 1 if found.failures else 0
 
 
 def _rel(path: str, root: Path) -> str:
@@ -334,50 +536,44 @@ def _rel(path: str, root: Path) -> str:
         return path
 
 
-def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
-    def runs(
-        experiment: Annotated[
-            str | None, typer.Argument(help="Only runs of this experiment.")
-        ] = None,
-        sort: Annotated[
-            str | None,
-            typer.Option(help="Sort by a metric or parameter ('-' first for descending)."),
-        ] = None,
-        filters: Annotated[
-            list[str] | None,
-            typer.Option("--filter", help="key=value on params, tags, status (repeatable)."),
-        ] = None,
-        last: Annotated[
-            int | None, typer.Option(help="Only the newest N runs, then sorted.")
-        ] = None,
-        output_dir: Annotated[
-            Path | None, typer.Option(help="Where the runs are (default: config).")
-        ] = None,
-        as_json: JsonFlag = False,
-    ) -> int:
-        """Past runs: status, the parameters that differ, last metrics."""
-        from . import runs as runs_module
+def runs_command(
+    ctx: typer.Context,
+    experiment: Annotated[str | None, typer.Argument(help="Only runs of this experiment.")] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(help="Sort by a metric or parameter ('-' first for descending)."),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="key=value on params, tags, status (repeatable)."),
+    ] = None,
+    last: Annotated[int | None, typer.Option(help="Only the newest N runs, then sorted.")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where the runs are (default: config).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Past runs: status, the parameters that differ, last metrics."""
+    from . import runs as runs_module
 
-        folder = output_dir.resolve() if output_dir else project_loader().output_dir
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", runs_module.CorruptRunWarning)
-            records = runs_module.load_runs(folder, experiment)
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
-        selected = runs_module.select_runs(
-            records, filters=runs_module.parse_filters(filters or []), sort=sort, last=last
-        )
-        if as_json:
-            print(json.dumps(_finite(selected), indent=1, default=str))
-        else:
-            from rich.console import Console
+    folder = output_dir.resolve() if output_dir else _state(ctx).project().output_dir
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", runs_module.CorruptRunWarning)
+        records = runs_module.load_runs(folder, experiment)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    selected = runs_module.select_runs(
+        records, filters=runs_module.parse_filters(filters or []), sort=sort, last=last
+    )
+    if as_json:
+        print(json.dumps(_finite(selected), indent=1, default=str))
+    else:
+        from rich.console import Console
 
-            # Piped output is read by people too: don't cut columns at 80.
-            console = Console() if sys.stdout.isatty() else Console(width=200)
-            console.print(runs_module.runs_table(selected))
-        return 0
-
-    return runs
+        # Piped output is read by people too: don't cut columns at 80.
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        console.print(runs_module.runs_table(selected))
+    return 0
 
 
 def _finite(value: Any) -> Any:
@@ -391,63 +587,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("-C", "--project"):
-            skip = True
-            continue
-        if arg.startswith("-"):
-            continue
-        return arg
-    return None
+# ---------------------------------------------------------------- the app
 
 
-def _project_flag(argv: Sequence[str]) -> Path | None:
-    for i, arg in enumerate(argv):
-        if arg in ("-C", "--project") and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--project="):
-            return Path(arg.split("=", 1)[1])
-    return None
-
-
-def _needs_import(argv: Sequence[str], command: str) -> bool:
-    """show-params with value flags is a dry run: custom parse callables must be real."""
-    if command in ("run", "distributed"):
-        return True
-    if command != "show-params":
-        return False
-    if command not in argv:
-        return False
-    after = list(argv[argv.index(command) + 1 :])
-    return any(a.startswith("--") and a not in ("--json", "--help") for a in after)
-
-
-def version_callback(value: bool) -> None:
+def _version(value: bool) -> None:
     if value:
         print(f"pystematic {__version__}")
         raise typer.Exit()
 
 
-def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer:
-    explicit = _project_flag(argv)
-    cached: list[Project] = []
-
-    def project_loader() -> Project:
-        if not cached:
-            cached.append(load_project(explicit_root=explicit, script=script))
-        return cached[0]
-
+def build_app() -> Any:
+    """The whole CLI as a click group; experiment commands are built only when asked for."""
     app = typer.Typer(
         name="pystematic",
         help="Set up, run and keep track of reproducible PyTorch experiments.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=True,
+        context_settings=CONTEXT_SETTINGS,
     )
 
     @app.callback()
@@ -458,86 +615,54 @@ def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer
         ] = None,
         version: Annotated[
             bool,
-            typer.Option(callback=version_callback, is_eager=True, help="Show the version."),
+            typer.Option(
+                "--version", callback=_version, is_eager=True, help="Show the version and exit."
+            ),
         ] = False,
     ) -> None:
         """Set up, run and keep track of reproducible PyTorch experiments."""
 
-    app.command("list")(_list_command(project_loader, script))
-    app.command("runs")(_runs_command(project_loader))
-
-    command = _command_word(argv)
-    completing = any(k.endswith("_COMPLETE") for k in os.environ if k.startswith("_"))
-    wanted = EXPERIMENT_COMMANDS if completing else (command,)
-    for name in EXPERIMENT_COMMANDS:
-        group = typer.Typer(cls=ExperimentGroup, no_args_is_help=True)
-        help_text = {
-            "run": "Run an experiment in a new run folder.",
-            "show-params": "Show an experiment's parameters, values and their sources.",
-            "distributed": "Run an experiment on several ranks (elastic launcher).",
-        }[name]
-        app.add_typer(group, name=name, help=help_text)
-        if name not in wanted:
-            continue
-        project = project_loader()
-        real = _needs_import(argv, name)
-        if real:
-            from .runner import start_probes
-
-            start_probes(project)
-        found = discover(project, script=script, use_cache=not real)
-        if found.failures:
-            ExperimentGroup.failures_note = "; modules that failed to import: " + ", ".join(
-                f"{f.file} ({f.message})" for f in found.failures
-            )
-            for failure in found.failures:
-                print(f"warning: {failure.file}: {failure.message}", file=sys.stderr)
-        if name == "run":
-            _add_experiment_commands(group, found, project, _run_handler(project, list(argv)))
-        elif name == "show-params":
-            _add_experiment_commands(group, found, project, _show_params_handler(project))
-        else:
-            _add_experiment_commands(
-                group, found, project, _distributed_handler(project, list(argv))
-            )
-    return app
+    app.command("list")(list_command)
+    app.command("runs")(runs_command)
+    group = typer.main.get_command(app)
+    for kind, help_text in EXPERIMENT_COMMANDS.items():
+        group.add_command(  # type: ignore[attr-defined]
+            ExperimentCommands(kind=kind, name=kind, help=help_text, no_args_is_help=True)
+        )
+    return group
 
 
-def kebab_options(argv: Sequence[str]) -> list[str]:
-    """Accept ``--batch_size`` for ``--batch-size``: names are snake_case in Python."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
-            name, sep, value = arg.partition("=")
-            arg = name.replace("_", "-") + sep + value
-        out.append(arg)
-    return out
+def invoke(command: Any, args: Sequence[str], state: CliState, prog_name: str) -> Any:
+    """Run a click command; the one place where errors become one line and an exit code.
 
-
-def run_cli(
-    argv: Sequence[str] | None = None, *, script: Path | None = None, prog_name: str = "pystematic"
-) -> int:
-    """Run the CLI and return its exit code; user errors become one line on stderr."""
-    args = kebab_options(sys.argv[1:] if argv is None else argv)
-    return _invoke(lambda: build_app(args, script=script), args, prog_name)
-
-
-def _invoke(make_app: Callable[[], typer.Typer], args: list[str], prog_name: str) -> int:
-    """Build and run a Typer app; the one place where errors are turned into exit codes."""
+    With ``state.raise_errors`` user errors are raised as PystematicError instead, and
+    the command's own result (main's return value) is returned.
+    """
     try:
-        command = typer.main.get_command(make_app())
-        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        result = command.main(
+            args=list(args), prog_name=prog_name, standalone_mode=False, obj=state
+        )
     except PystematicError as e:
+        if state.raise_errors:
+            raise
         print(f"error: {e.format_message()}", file=sys.stderr)
         return e.exit_code
     except click_exceptions.NoArgsIsHelpError as e:
+        if state.raise_errors:
+            raise ParameterError(_one_line(e.format_message())) from None
         e.show()
         return e.exit_code
     except click_exceptions.ClickException as e:
+        if state.raise_errors:
+            raise ParameterError(_one_line(e.format_message())) from None
         print(f"error: {_one_line(e.format_message())}", file=sys.stderr)
         return e.exit_code
     except typer.Abort:
+        if state.raise_errors:
+            raise KeyboardInterrupt from None
         return 130
+    if state.raise_errors:
+        return result
     return result if isinstance(result, int) else 0
 
 
@@ -545,34 +670,65 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def run_cli(
+    argv: Sequence[str] | None = None, *, script: Path | None = None, prog_name: str = "pystematic"
+) -> int:
+    """Run the CLI and return its exit code; user errors become one line on stderr."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    code: int = invoke(build_app(), args, CliState(argv=args, script=script), prog_name)
+    return code
+
+
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run_cli())
+    code = run_cli()
+    _exit(code)
 
 
-def global_entrypoint() -> None:
+def _exit(code: int) -> None:
+    """End the process; threads a run left behind do not keep it alive."""
+    import threading
+
+    if any(t.daemon is False and t is not threading.main_thread() for t in threading.enumerate()):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def global_entrypoint(argv: Sequence[str] | None = None, exit_on_error: bool = True) -> Any:
     """``ps.global_entrypoint()``: the pystematic CLI for the calling script's project."""
     main_module = sys.modules.get("__main__")
     file = getattr(main_module, "__file__", None)
-    sys.exit(
-        run_cli(script=Path(file).resolve() if file else None, prog_name=Path(sys.argv[0]).name)
-    )
+    script = Path(file).resolve() if file else None
+    args = list(sys.argv[1:] if argv is None else argv)
+    state = CliState(argv=args, script=script, raise_errors=not exit_on_error)
+    result = invoke(build_app(), args, state, Path(sys.argv[0]).name)
+    if exit_on_error:
+        _exit(result)
+    return result
 
 
-def single_experiment_main(experiment: Any, argv: Sequence[str] | None = None) -> None:
-    """``train.cli()``: the calling script is this one experiment's command."""
-    from .discovery import info_from
-    from .runner import start_probes
-
-    args = kebab_options(sys.argv[1:] if argv is None else argv)
-
-    def make_app() -> typer.Typer:
-        exp_file = experiment.file
-        project = load_project(script=exp_file) if exp_file else load_project()
-        start_probes(project)
-        fn, help_text = _run_handler(project, args)(info_from(experiment))
-        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-        app.command(help=help_text)(fn)
-        return app
-
-    sys.exit(_invoke(make_app, args, Path(sys.argv[0]).name))
+def experiments_cli(
+    infos: list[ExperimentInfo],
+    argv: Sequence[str] | None,
+    exit_on_error: bool,
+    *,
+    group: tuple[str, ...] | None = None,
+) -> Any:
+    """``exp.cli()`` (one experiment: the script is its command) and ``group.cli()``
+    (``group`` is the group's path: its members are the script's commands)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    state = CliState(argv=args, only=infos, raise_errors=not exit_on_error)
+    if group is None:
+        command = experiment_command(
+            "run", infos[0], _effective_defaults(infos[0], state.project())
+        )
+    else:
+        command = ExperimentCommands(kind="run", prefix=group, no_args_is_help=True)
+    result = invoke(command, args, state, Path(sys.argv[0]).name)
+    if exit_on_error:
+        _exit(result)
+    return result

@@ -1,28 +1,76 @@
 """The run's context: everything the main function needs besides its parameters.
 
-One :class:`Context` exists per run (per rank in a distributed run). It is
-passed to the main function and also reachable as ``ps.context``.
+One :class:`Context` exists per run (per rank in a distributed run). It is passed
+to the main function and is also reachable as ``ps.context``: this module is that
+name, and its module-level ``__getattr__`` forwards to the running context, so
+``import pystematic.context`` gives the module and ``ps.context.params`` the
+running run's parameters.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import checkpoint as checkpoints
 from . import seeding
 from .errors import PystematicError
 from .params import Params
-from .training import Counter, LoopState, load_torch, progress, restore_state, save_torch, state_of
+from .progress import progress
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .recording import Recorder
 
-CHECKPOINT_DIR = "checkpoints"
-DEFAULT_CHECKPOINT = "checkpoint.pt"
+_log = logging.getLogger("pystematic")
+
+
+@dataclass
+class Counter:
+    """A named integer that survives checkpoints (``context.counter("samples")``)."""
+
+    name: str
+    value: int = 0
+
+    def increment(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+    def __int__(self) -> int:
+        return self.value
+
+
+@dataclass
+class _Loop:
+    """One running ``context.loop``: where it was called, its order among its siblings,
+    its current iteration and how many loops inside that iteration have finished."""
+
+    site: str | None
+    ordinal: int
+    position: int = -1
+    inner_done: int = 0
+    resuming: bool = False
+
+
+@dataclass
+class _Resume:
+    """The loop stack a checkpoint saved, consumed as the resumed run re-enters its loops."""
+
+    path: list[dict[str, Any]] = field(default_factory=list)
+    done: int = 0
+
+
+def _caller_site(depth: int = 2) -> str | None:
+    """The function a loop is written in (file name and function, not lines: an edit that
+    moves code must not make a resume start over; the order tells loops in one function
+    apart)."""
+    code = sys._getframe(depth).f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"
 
 
 class Context:
@@ -57,9 +105,8 @@ class Context:
         )
         self.rng: np.random.Generator = seeding.rank_rng(seed, rank)
         self._counters: dict[str, Counter] = {}
-        self._loops = LoopState()
-        self._resume_loops: list[int] = []  # positions from load_checkpoint, used once
-        self._depth = 0
+        self._loops: list[_Loop] = [_Loop(site=None, ordinal=0)]  # a root holds the top level
+        self._resume: _Resume | None = None
         self._tracked: dict[str, Any] = {}
         self._samplers: list[Any] = []
         self._resume_from = resume_from
@@ -103,6 +150,15 @@ class Context:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def _gather(self, value: Any) -> list[Any]:
+        if not self.is_distributed:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def to_device(self, *tensors: Any) -> Any:
         moved = tuple(t.to(self.device) for t in tensors)
         return moved[0] if len(moved) == 1 else moved
@@ -143,10 +199,13 @@ class Context:
         return RandomSampler(dataset, generator=generator)
 
     def dataloader(self, dataset: Any, **kwargs: Any) -> Any:
-        """``torch.utils.data.DataLoader`` with reproducible, rank-mixed worker seeds."""
+        """``torch.utils.data.DataLoader`` with reproducible, rank-mixed worker seeds.
+
+        A ``worker_init_fn`` of your own runs after the seeding.
+        """
         from torch.utils.data import DataLoader
 
-        kwargs.setdefault("worker_init_fn", seeding.worker_init_fn)
+        kwargs["worker_init_fn"] = seeding.chain_worker_init_fn(kwargs.get("worker_init_fn"))
         if "generator" not in kwargs and "sampler" not in kwargs:
             import torch
 
@@ -168,70 +227,130 @@ class Context:
         return out[0] if len(out) == 1 else tuple(out)
 
     def loop(self, n: int, desc: str = "") -> Iterator[int]:
-        """``range(n)`` with progress; restores its position on resume; calls ``set_epoch``.
+        """``range(n)`` with progress; on resume it continues where the checkpoint was saved.
 
-        On resume the innermost loop that was saved continues after its saved iteration and
-        the loops around it repeat theirs (the rest of that iteration had not run yet).
+        Loops are told apart by their call site and their order among the loops of the
+        enclosing iteration, so a train loop followed by an eval loop resumes right. A
+        checkpoint saved inside iteration k of the innermost running loop resumes at
+        k + 1; the loops around it repeat their iteration (the rest of it had not run),
+        and loops that had finished before the checkpoint are skipped.
         """
-        depth = self._depth
-        positions = self._loops.positions
-        pending = self._resume_loops
-        start = 0
-        if depth < len(pending):
-            innermost = depth == len(pending) - 1
-            start = pending[depth] + 1 if innermost else pending[depth]
-            if innermost:
-                pending.clear()
-        del positions[depth:]
-        self._depth += 1
+        return self._loop(n, desc, _caller_site())
+
+    def _loop(self, n: int, desc: str, site: str | None) -> Iterator[int]:
+        parent = self._loops[-1]
+        frame = _Loop(site=site, ordinal=parent.inner_done)
+        depth = len(self._loops) - 1
+        start, skip = self._resume_start(frame, depth)
+        self._loops.append(frame)
         try:
+            if skip:
+                return
+            first = True
             for i in progress(n, desc, start=start, enabled=self.is_master):
-                for sampler in self._samplers:
-                    if depth == 0:
+                if not first and frame.resuming:
+                    frame.resuming = False
+                    self._resume = None  # past the resumed iteration: inner loops start fresh
+                first = False
+                frame.position, frame.inner_done = i, 0
+                if depth == 0:
+                    for sampler in self._samplers:
                         sampler.set_epoch(i)
-                del positions[depth:]
-                positions.append(i)
                 yield i
-            if depth > 0:
-                # Finished: a checkpoint saved later in the enclosing iteration resumes
-                # after that iteration, not inside it.
-                del positions[depth:]
         finally:
-            self._depth -= 1
+            self._loops.remove(frame)
+            parent.inner_done += 1
+
+    def _resume_start(self, frame: _Loop, depth: int) -> tuple[int, bool]:
+        """(first iteration, skip the loop entirely) for a loop entered while resuming."""
+        resume = self._resume
+        if resume is None:
+            return 0, False
+        if depth >= len(resume.path):
+            if depth == len(resume.path) and frame.ordinal < resume.done:
+                return 0, True  # finished before the checkpoint was saved
+            self._resume = None
+            return 0, False
+        target = resume.path[depth]
+        if frame.ordinal < target["ordinal"]:
+            return 0, True
+        if frame.ordinal > target["ordinal"]:
+            self._resume = None  # the saved loop was not reached: the code changed
+            return 0, False
+        site = target.get("site")
+        if site and frame.site and site != frame.site:
+            _log.warning(
+                "resume: loop %d at depth %d is now in %s, the checkpoint's was in %s",
+                frame.ordinal,
+                depth,
+                frame.site,
+                site,
+            )
+        if depth == len(resume.path) - 1:
+            self._resume = None
+            return int(target["position"]) + 1, False
+        frame.resuming = True
+        return int(target["position"]), False
+
+    def _loop_state(self) -> dict[str, Any]:
+        return {
+            "path": [
+                {"site": f.site, "ordinal": f.ordinal, "position": f.position}
+                for f in self._loops[1:]
+            ],
+            "done": self._loops[-1].inner_done,
+        }
 
     def counter(self, name: str) -> Counter:
         if name not in self._counters:
             self._counters[name] = Counter(name)
         return self._counters[name]
 
-    def save_checkpoint(self, obj: Any = None, name: str = DEFAULT_CHECKPOINT) -> Path:
+    def save_checkpoint(
+        self, obj: Any = None, name: str | None = None, keep_last: int | None = None
+    ) -> Path:
         """Save *obj* (default: the tracked objects' state) plus pystematic's own state.
 
-        Call it on every rank: each rank's RNG state is saved (rank 0 writes the
-        shared part), so a resumed run continues bit for bit.
+        Named ``checkpoint-<global step>.pt`` unless *name* is given; ``keep_last=K``
+        removes all but the K newest step-named checkpoints once the new one is on disk.
+        Call it on every rank: each rank's RNG state goes into the file rank 0 writes, so
+        a resumed run continues bit for bit. The recorder is flushed first, so a resume
+        after a crash has every step recorded up to the checkpoint.
         """
-        path = self.output_dir / CHECKPOINT_DIR / name
-        payload = {
-            "user": state_of(self._tracked) if obj is None else obj,
-            "pystematic": {
-                "counters": {k: c.value for k, c in self._counters.items()},
-                "global_step": self.recorder.global_step,
-                "loops": list(self._loops.positions),
-                "seed_chain": self._chain.state_dict(),
-                "rng": seeding.capture_rng_state(),
-                "rank_rng": self.rng.bit_generator.state,
-            },
-        }
+        if keep_last is not None and keep_last < 1:
+            raise PystematicError(f"save_checkpoint(keep_last={keep_last}): keep at least 1")
+        path = checkpoints.folder(self.output_dir) / (
+            name or checkpoints.step_name(self.recorder.global_step)
+        )
+        own_rng = {"rng": seeding.capture_rng_state(), "rank_rng": self.rng.bit_generator.state}
+        ranks = self._gather(own_rng)
+        self.recorder.flush()
         if self.is_master:
-            save_torch(payload, path)
+            payload = {
+                "user": checkpoints.state_of(self._tracked) if obj is None else obj,
+                "pystematic": {
+                    "counters": {k: c.value for k, c in self._counters.items()},
+                    "global_step": self.recorder.global_step,
+                    "loops": self._loop_state(),
+                    "seed_chain": self._chain.state_dict(),
+                    "ranks": ranks,
+                    **own_rng,
+                },
+            }
+            checkpoints.save(payload, path)
+            if keep_last is not None:
+                checkpoints.prune(self.output_dir, keep_last)
         if self.is_distributed:
-            rank_path = path.with_name(f"{path.stem}.rank{self.rank}.rng{path.suffix}")
-            save_torch(payload["pystematic"]["rng"], rank_path)
             self.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> Any:
-        """Restore the tracked objects and RNG state; ``None`` when not resuming."""
+        """Restore the tracked objects, counters, loops and RNG state; return the saved object.
+
+        Without *path*: the latest checkpoint of the run being resumed (None when not
+        resuming). A run folder or a checkpoint file may be given; a plain ``torch.save``
+        file is returned as it is.
+        """
         resuming = path is None
         if path is None:
             if self._resume_from is None:
@@ -239,14 +358,15 @@ class Context:
             path = self._resume_from
         path = Path(path)
         if path.is_dir():
-            path = path / CHECKPOINT_DIR / DEFAULT_CHECKPOINT
-        if not path.is_file():
-            raise PystematicError(f"no checkpoint at {path}")
-        payload = load_torch(path, map_location="cpu")
-        own = payload.get("pystematic", {})
+            path, payload = checkpoints.load_latest(path)
+        else:
+            payload = checkpoints.load(path)
+        if not (isinstance(payload, dict) and isinstance(payload.get("pystematic"), dict)):
+            return payload  # a plain torch.save file: nothing of pystematic's to restore
+        own = payload["pystematic"]
         user = payload.get("user")
         if isinstance(user, dict) and self._tracked:
-            restore_state(self._tracked, user)
+            checkpoints.restore_state(self._tracked, user)
         for key, value in own.get("counters", {}).items():
             self.counter(key).value = value
         step = int(own.get("global_step", 0))
@@ -255,23 +375,34 @@ class Context:
             self.recorder.truncate(step)
         else:
             self.recorder.global_step = step
-        self._loops.positions[:] = own.get("loops", [])
-        self._resume_loops[:] = self._loops.positions
+        self._resume = _resume_state(own.get("loops"))
         if "seed_chain" in own:
             self._chain.load_state_dict(own["seed_chain"])
-        rng = own.get("rng")
-        if self.is_distributed:
-            rank_path = path.with_name(f"{path.stem}.rank{self.rank}.rng{path.suffix}")
-            if rank_path.is_file():
-                rng = load_torch(rank_path)
-        if rng is not None:
-            seeding.restore_rng_state(rng)
-        if "rank_rng" in own and not self.is_distributed:
-            self.rng.bit_generator.state = own["rank_rng"]
+        ranks = own.get("ranks") or []
+        mine = ranks[self.rank] if self.rank < len(ranks) else own
+        if mine.get("rng") is not None:
+            seeding.restore_rng_state(mine["rng"])
+        if mine.get("rank_rng") is not None:
+            self.rng.bit_generator.state = mine["rank_rng"]
         return user
 
 
+def _resume_state(loops: Any) -> _Resume | None:
+    if isinstance(loops, dict):
+        return _Resume(path=list(loops.get("path", [])), done=int(loops.get("done", 0)))
+    if isinstance(loops, list) and loops:  # 0.1.0: positions by depth
+        return _Resume(path=[{"site": None, "ordinal": 0, "position": p} for p in loops])
+    return None
+
+
+# ------------------------------------------------------------------ the running context
+
 _current: Context | None = None
+
+
+def current() -> Context | None:
+    """The context of the run going on in this process, if any."""
+    return _current
 
 
 def set_current(ctx: Context | None) -> None:
@@ -279,19 +410,30 @@ def set_current(ctx: Context | None) -> None:
     _current = ctx
 
 
-class _ContextProxy:
-    """``ps.context``: the current run's context, for code that cannot take it as an argument."""
+_CONTEXT_ATTRIBUTES = frozenset(
+    name for name in dir(Context) if not name.startswith("_")
+) | frozenset(
+    {
+        "params",
+        "output_dir",
+        "seed",
+        "recorder",
+        "rank",
+        "local_rank",
+        "world_size",
+        "is_distributed",
+        "is_master",
+        "device",
+        "logger",
+        "rng",
+    }
+)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            # Tools probe dunders (inspect.unwrap, doctest, copy): they expect AttributeError.
-            raise AttributeError(name)
+
+def __getattr__(name: str) -> Any:
+    """``ps.context.X``: attribute X of the running run's context."""
+    if name in _CONTEXT_ATTRIBUTES:
         if _current is None:
             raise PystematicError("ps.context is only available while an experiment runs")
         return getattr(_current, name)
-
-    def __repr__(self) -> str:
-        return f"<pystematic context proxy for {_current!r}>"
-
-
-context_proxy = _ContextProxy()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

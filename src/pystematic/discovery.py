@@ -1,11 +1,15 @@
 """Collecting experiments from a project, with a metadata cache.
 
 Discovery imports the scanned modules with the project root on ``sys.path`` and
-keeps every ``@ps.experiment`` defined in them. What it learns (names,
-docstrings, parameter declarations) is cached under ``.pystematic_cache/``,
-keyed by the path, size and mtime of every file that was imported, so ``list``,
-``show-params``, ``--help`` and completion skip importing user code (and torch)
-when nothing changed.
+keeps every experiment defined in them. What it learns (names, docstrings,
+parameter declarations) is cached under ``.pystematic_cache/``, keyed by the
+path, size and mtime of every file that was imported, so ``list``,
+``show-params``, ``--help`` and completion import no user code (and no torch)
+when nothing changed, and ``run EXP`` imports only the module that defines EXP.
+A warm cache imports nothing at all and leaves ``sys.path`` as it found it.
+
+Experiments are recognised by a marker on their type (:data:`DESCRIBE`), so this
+module does not depend on the user-facing ``Experiment`` class.
 """
 
 from __future__ import annotations
@@ -19,35 +23,47 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from .errors import DiscoveryError
-from .experiment import Experiment
 from .params import BUILTIN_TYPES, Parameter, to_toml_value, type_name
 from .project import ALWAYS_EXCLUDED, Project
 
 CACHE_DIR = ".pystematic_cache"
 CACHE_FILE = "discovery.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Name of the method, on an experiment object's type, that returns its ExperimentInfo.
+DESCRIBE = "__pystematic_describe__"
 
 
 @dataclass
 class ExperimentInfo:
-    """What the CLI needs to know of an experiment; ``experiment`` is set once imported."""
+    """An experiment's declarations: what the CLI and the runner work from.
+
+    ``main`` is the undecorated function once its module is imported (None when the
+    info comes from the cache); ``groups`` are the (name, help) of the enclosing groups,
+    outermost first.
+    """
 
     id: str
     name: str
-    group: str | None
-    group_help: str
+    groups: list[tuple[str, str]]
     module: str
     file: str
     description: str
     help: str
     parameters: list[Parameter]
     defaults: dict[str, Any] = field(default_factory=dict)
-    experiment: Experiment | None = None
+    main: Callable[..., Any] | None = None
+    takes_context: bool = True
+
+    @property
+    def computed_defaults(self) -> bool:
+        """Whether a default is a callable: its value is known only after a real import."""
+        return any(p.computed_default for p in self.parameters)
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,14 @@ class Discovered:
     experiments: dict[str, ExperimentInfo] = field(default_factory=dict)
     failures: list[ImportFailure] = field(default_factory=list)
     from_cache: bool = False
+
+    def failures_note(self) -> str:
+        """A clause naming the modules that failed to import, for "unknown experiment" errors."""
+        if not self.failures:
+            return ""
+        return "; modules that failed to import: " + ", ".join(
+            f"{f.file} ({f.message})" for f in self.failures
+        )
 
 
 # ---------------------------------------------------------------- scanning
@@ -107,22 +131,31 @@ def candidate_files(project: Project, script: Path | None = None) -> list[Path]:
                     path = folder / fname
                     if not _excluded(path, project):
                         found.append(path)
-    _put_root_on_path(project.root)
     for module in project.modules:
-        found.extend(_module_files(module))
+        found.extend(_module_files(module, project.root))
     if script is not None:
         found.append(script.resolve())
     unique: dict[Path, None] = dict.fromkeys(p.resolve() for p in found)
     return list(unique)
 
 
-def _module_files(name: str) -> list[Path]:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as e:
-        raise DiscoveryError(f"module {name!r} from the config cannot be found: {e}") from None
-    if spec is None:
-        raise DiscoveryError(f"module {name!r} from the config cannot be found")
+def _module_files(name: str, root: Path) -> list[Path]:
+    """The files of a configured module or package, found without importing anything.
+
+    ``importlib.util.find_spec("pkg.sub")`` would import ``pkg``; the path finder is
+    asked one level at a time instead, from the project root and ``sys.path``.
+    """
+    search: list[str] | None = [str(root), *sys.path]
+    spec = None
+    parts = name.split(".")
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        if spec is None:
+            raise DiscoveryError(f"module {name!r} from the config cannot be found")
+        search = list(spec.submodule_search_locations or [])
+        if i < len(parts) - 1 and not search:
+            raise DiscoveryError(f"module {name!r} from the config cannot be found")
+    assert spec is not None
     if spec.submodule_search_locations:
         files: list[Path] = []
         for location in spec.submodule_search_locations:
@@ -190,29 +223,23 @@ def import_file(path: Path, root: Path) -> ModuleType:
     return module
 
 
-def experiments_in(module: ModuleType, file: Path) -> Iterator[Experiment]:
+def describe(value: Any) -> ExperimentInfo | None:
+    """The declarations of an experiment object, or None for any other value."""
+    method = getattr(type(value), DESCRIBE, None)
+    if method is None:
+        return None
+    info = method(value)
+    return info if isinstance(info, ExperimentInfo) else None
+
+
+def experiments_in(module: ModuleType, file: Path) -> Iterator[ExperimentInfo]:
     """Experiments defined in this file (not ones it imported from elsewhere)."""
-    seen: set[int] = set()
+    seen: set[str] = set()
     for value in list(vars(module).values()):
-        if isinstance(value, Experiment) and id(value) not in seen and value.file == file:
-            seen.add(id(value))
-            yield value
-
-
-def info_from(exp: Experiment) -> ExperimentInfo:
-    return ExperimentInfo(
-        id=exp.id,
-        name=exp.name,
-        group=exp.group.id if exp.group else None,
-        group_help=exp.group.help if exp.group else "",
-        module=exp.module,
-        file=str(exp.file),
-        description=exp.description,
-        help=exp.help,
-        parameters=exp.parameters,
-        defaults=exp.defaults,
-        experiment=exp,
-    )
+        info = describe(value)
+        if info is not None and info.id not in seen and info.file == str(file):
+            seen.add(info.id)
+            yield info
 
 
 def _short_error(e: BaseException) -> str:
@@ -229,23 +256,31 @@ def import_project(project: Project, files: Iterable[Path]) -> Discovered:
         try:
             module = import_file(path, project.root)
         except Exception as e:
-            result.failures.append(
-                ImportFailure(
-                    file=_relative(path, project.root),
-                    message=_short_error(e),
-                    traceback=traceback.format_exc(),
-                )
-            )
+            result.failures.append(_failure(path, project, e))
             continue
-        for exp in experiments_in(module, path):
-            if exp.id in owners:
+        except SystemExit as e:  # a module that calls sys.exit() at import
+            result.failures.append(_failure(path, project, e))
+            continue
+        for info in experiments_in(module, path):
+            if info.id in owners:
                 raise DiscoveryError(
-                    f"two experiments named {exp.id!r}: {owners[exp.id]} and "
+                    f"two experiments named {info.id!r}: {owners[info.id]} and "
                     f"{_relative(path, project.root)}"
                 )
-            owners[exp.id] = _relative(path, project.root)
-            result.experiments[exp.id] = info_from(exp)
+            owners[info.id] = _relative(path, project.root)
+            result.experiments[info.id] = info
     return result
+
+
+def _failure(path: Path, project: Project, e: BaseException) -> ImportFailure:
+    message = (
+        f"SystemExit: the module called sys.exit({e.code!r}) while being imported"
+        if isinstance(e, SystemExit)
+        else _short_error(e)
+    )
+    return ImportFailure(
+        file=_relative(path, project.root), message=message, traceback=traceback.format_exc()
+    )
 
 
 # ---------------------------------------------------------------- cache
@@ -276,16 +311,20 @@ def _user_files(root: Path, skip: set[str]) -> set[Path]:
 
 
 def _param_to_json(p: Parameter) -> dict[str, Any]:
+    computed = p.computed_default
     return {
         "name": p.name,
         "type": p.type_name,
-        "default": to_toml_value(p.default) if p.default is not None else None,
+        "default": to_toml_value(p.default) if p.default is not None and not computed else None,
+        "computed_default": computed,
         "help": p.help,
         "choices": [to_toml_value(c) for c in p.choices] if p.choices is not None else None,
         "required": p.required,
         "multiple": p.multiple,
         "envvar": p.envvar,
         "group": p.group,
+        "hidden": p.hidden,
+        "default_help": p.default_help,
     }
 
 
@@ -299,11 +338,15 @@ class _CachedParser:
         return value
 
 
+def _computed_placeholder() -> None:
+    """Stands in for a callable default known only from the cache (its value is not)."""
+
+
 def _param_from_json(d: dict[str, Any]) -> Parameter:
     kind = d["type"]
     parser: Callable[..., Any] = BUILTIN_TYPES.get(kind) or _CachedParser(kind)
-    default = d["default"]
-    if kind == "path" and default is not None:
+    default = _computed_placeholder if d["computed_default"] else d["default"]
+    if kind == "path" and isinstance(default, (str, list)):
         default = [Path(v) for v in default] if isinstance(default, list) else Path(default)
     return Parameter(
         name=d["name"],
@@ -315,16 +358,49 @@ def _param_from_json(d: dict[str, Any]) -> Parameter:
         multiple=d["multiple"],
         envvar=d["envvar"],
         group=d["group"],
+        hidden=d["hidden"],
+        default_help=d["default_help"],
     )
 
 
-def _cache_path(project: Project) -> Path:
-    return project.root / CACHE_DIR / CACHE_FILE
+def _info_to_json(i: ExperimentInfo) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "name": i.name,
+        "groups": [list(g) for g in i.groups],
+        "module": i.module,
+        "file": i.file,
+        "description": i.description,
+        "help": i.help,
+        "parameters": [_param_to_json(p) for p in i.parameters],
+        "defaults": {k: to_toml_value(v) for k, v in i.defaults.items()},
+        "takes_context": i.takes_context,
+    }
+
+
+def _info_from_json(d: dict[str, Any]) -> ExperimentInfo:
+    return ExperimentInfo(
+        id=d["id"],
+        name=d["name"],
+        groups=[(g[0], g[1]) for g in d["groups"]],
+        module=d["module"],
+        file=d["file"],
+        description=d["description"],
+        help=d["help"],
+        parameters=[_param_from_json(p) for p in d["parameters"]],
+        defaults=d["defaults"],
+        takes_context=d["takes_context"],
+    )
+
+
+def cache_dir(project: Project) -> Path:
+    """Where pystematic keeps what it can recompute (discovery, the package listing)."""
+    return project.root / CACHE_DIR
 
 
 def _read_cache(project: Project, files: list[Path]) -> Discovered | None:
     try:
-        data = json.loads(_cache_path(project).read_text(encoding="utf-8"))
+        data = json.loads((cache_dir(project) / CACHE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if data.get("version") != CACHE_VERSION or data.get("scanned") != _stat_key(files):
@@ -333,9 +409,12 @@ def _read_cache(project: Project, files: list[Path]) -> Discovered | None:
     if _stat_key(Path(p) for p in deps) != deps:
         return None
     result = Discovered(from_cache=True)
-    for e in data["experiments"]:
-        params = [_param_from_json(p) for p in e.pop("parameters")]
-        result.experiments[e["id"]] = ExperimentInfo(parameters=params, **e)
+    try:
+        for e in data["experiments"]:
+            info = _info_from_json(e)
+            result.experiments[info.id] = info
+    except (KeyError, TypeError, IndexError):
+        return None
     return result
 
 
@@ -346,39 +425,58 @@ def _write_cache(project: Project, files: list[Path], result: Discovered) -> Non
         "version": CACHE_VERSION,
         "scanned": _stat_key(files),
         "deps": _stat_key(deps),
-        "experiments": [
-            {
-                "id": i.id,
-                "name": i.name,
-                "group": i.group,
-                "group_help": i.group_help,
-                "module": i.module,
-                "file": i.file,
-                "description": i.description,
-                "help": i.help,
-                "parameters": [_param_to_json(p) for p in i.parameters],
-                "defaults": {k: to_toml_value(v) for k, v in i.defaults.items()},
-            }
-            for i in result.experiments.values()
-        ],
+        "experiments": [_info_to_json(i) for i in result.experiments.values()],
     }
-    folder = _cache_path(project).parent
+    folder = cache_dir(project)
     try:
         folder.mkdir(exist_ok=True)
         (folder / ".gitignore").write_text("# created by pystematic\n*\n", encoding="utf-8")
         tmp = folder / f"{CACHE_FILE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, _cache_path(project))
+        os.replace(tmp, folder / CACHE_FILE)
     except OSError:
         pass  # a read-only project just goes without a cache
 
 
-def discover(project: Project, *, script: Path | None = None, use_cache: bool = True) -> Discovered:
-    """Experiments of the project: from the cache when allowed and valid, else imported."""
+def _cache_allowed() -> bool:
+    return os.environ.get("PYSTEMATIC_NO_CACHE") != "1"
+
+
+def discover(
+    project: Project,
+    *,
+    script: Path | None = None,
+    use_cache: bool = True,
+    before_import: Callable[[], Any] | None = None,
+) -> Discovered:
+    """Experiments of the project: from the cache when allowed and valid, else imported
+    (``before_import`` is called first, when it comes to that)."""
     files = candidate_files(project, script)
-    if use_cache and os.environ.get("PYSTEMATIC_NO_CACHE") != "1":
+    if use_cache and _cache_allowed():
         cached = _read_cache(project, files)
         if cached is not None:
+            return cached
+    if before_import is not None:
+        before_import()
+    result = import_project(project, files)
+    if not result.failures:
+        _write_cache(project, files, result)
+    return result
+
+
+def discover_for_run(project: Project, wanted: str, *, script: Path | None = None) -> Discovered:
+    """Experiments of the project with *wanted* imported for real (its ``main`` set).
+
+    With a valid cache only the module that defines *wanted* is imported; otherwise
+    (or when that module no longer defines it) the whole project is.
+    """
+    files = candidate_files(project, script)
+    cached = _read_cache(project, files) if _cache_allowed() else None
+    if cached is not None and wanted in cached.experiments:
+        path = Path(cached.experiments[wanted].file)
+        alone = import_project(project, [path])
+        if wanted in alone.experiments and not alone.failures:
+            cached.experiments[wanted] = alone.experiments[wanted]
             return cached
     result = import_project(project, files)
     if not result.failures:

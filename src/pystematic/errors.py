@@ -15,6 +15,8 @@ Anything else is a bug in pystematic or in the experiment and keeps its tracebac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class PystematicError(Exception):
     """An error the user can fix; rendered by the CLI as one line."""
@@ -53,6 +55,14 @@ class RunDirError(PystematicError):
 
 class DistributedError(PystematicError):
     """A distributed launch that cannot start, or a rank that failed."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 for _cls in (

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["GitInfo", "GitProbe", "environment_info", "write_git_diff", "write_packages"]
+__all__ = [
+    "GitInfo",
+    "GitProbe",
+    "PackagesProbe",
+    "environment_info",
+    "write_git_diff",
+    "write_packages",
+]
 
 # Untracked files with these suffixes count as source: their content goes into git.diff.
 SOURCE_SUFFIXES = frozenset(
@@ -229,15 +236,27 @@ def write_packages(path: Path) -> None:
 
 
 class PackagesProbe:
-    """Lists the installed distributions in a child interpreter, started before the
-    user's modules are imported, so the work overlaps ``import torch`` on another core."""
+    """Lists the installed distributions for packages.txt without slowing the run down.
 
-    def __init__(self) -> None:
+    The listing is cached in ``cache_file``, keyed by the interpreter and the
+    modification times of the folders on ``sys.path`` (installing or removing a
+    distribution changes its folder). Without a valid cache a child interpreter lists
+    them, started before the user's modules are imported, so the work overlaps
+    ``import torch`` on another core.
+    """
+
+    def __init__(self, cache_file: Path | None = None) -> None:
+        self._cache_file = cache_file
+        self._key = _environment_key()
+        self._text = _read_packages_cache(cache_file, self._key) if cache_file else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        if self._text is not None:
+            return
         code = (
             "import sys; from pystematic.metadata import packages_text as t; sys.stdout.write(t())"
         )
         try:
-            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self._proc = subprocess.Popen(
                 [sys.executable, "-c", code],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -246,9 +265,9 @@ class PackagesProbe:
         except OSError:
             self._proc = None
 
-    def write(self, path: Path, timeout: float = 10.0) -> None:
-        """Write what the child found; list in-process when it failed."""
-        if self._proc is not None:
+    def text(self, timeout: float = 10.0) -> str:
+        """The listing: cached, from the child, or (when the child failed) made here."""
+        if self._text is None and self._proc is not None:
             try:
                 out, _ = self._proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -256,9 +275,50 @@ class PackagesProbe:
                 self._proc.communicate()
             else:
                 if self._proc.returncode == 0 and out:
-                    Path(path).write_bytes(out)
-                    return
-        write_packages(path)
+                    self._text = out.decode("utf-8")
+        if self._text is None:
+            self._text = packages_text()
+        if self._cache_file is not None:
+            _write_packages_cache(self._cache_file, self._key, self._text)
+            self._cache_file = None
+        return self._text
+
+    def write(self, path: Path, timeout: float = 10.0) -> None:
+        Path(path).write_text(self.text(timeout), encoding="utf-8")
+
+
+def _environment_key() -> list[Any]:
+    key: list[Any] = [sys.executable]
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            key.append([entry, os.stat(entry or ".").st_mtime_ns])
+    return key
+
+
+def _read_packages_cache(path: Path, key: list[Any]) -> str | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("key") != key
+        or not isinstance(data.get("text"), str)
+    ):
+        return None
+    return str(data["text"])
+
+
+def _write_packages_cache(path: Path, key: list[Any], text: str) -> None:
+    import json
+
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "text": text}), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def packages_text() -> str:

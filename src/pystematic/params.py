@@ -1,8 +1,9 @@
 """Parameter declarations, value conversion and the precedence chain.
 
 ``ps.parameter(...)`` returns a :class:`Parameter`, which is both the record of
-the declaration and the decorator that attaches it. This module imports
-neither Typer nor torch: ``cli.py`` turns declarations into options.
+the declaration and the decorator that attaches it. :func:`resolve_parameters`
+merges every source in the design's precedence order and checks each value once.
+This module imports neither Typer nor torch: ``cli.py`` turns declarations into options.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ParameterError
+from . import rundir
+from .errors import ParameterError, PystematicError, RunDirError, did_you_mean
+from .project import Project, read_toml
 
 BUILTIN_TYPES: dict[str, Callable[..., Any]] = {
     "int": int,
@@ -67,6 +70,13 @@ class Parameter:
     envvar: str | None = None
     group: str | None = None
     builtin: bool = False
+    hidden: bool = False
+    default_help: str | None = None
+
+    @property
+    def computed_default(self) -> bool:
+        """``default`` is a zero-argument callable, evaluated when parameters are resolved."""
+        return callable(self.default) and not isinstance(self.default, type)
 
     @property
     def type_name(self) -> str:
@@ -89,6 +99,10 @@ class Parameter:
         return target
 
 
+#: Names no user parameter may take: ``--help`` and ``show-params --json`` are options too.
+RESERVED_NAMES = frozenset({"help", "json"})
+
+
 def parameter(
     name: str,
     type: Callable[..., Any] = str,
@@ -98,11 +112,22 @@ def parameter(
     required: bool = False,
     multiple: bool = False,
     envvar: str | None = None,
+    hidden: bool = False,
+    default_help: str | None = None,
 ) -> Parameter:
-    """Declare a parameter; use as a decorator above or below ``@ps.experiment``."""
+    """Declare a parameter; use as a decorator above or below ``@ps.experiment``.
+
+    ``default`` may be a zero-argument callable (evaluated when parameters are resolved);
+    ``hidden`` keeps it out of ``--help`` and ``show-params``; ``default_help`` is shown in
+    help instead of the default.
+    """
     name = name.replace("-", "_")
     if not name.isidentifier():
         raise ParameterError(f"parameter name {name!r} is not a valid Python identifier")
+    if name in RESERVED_NAMES:
+        raise ParameterError(
+            f"parameter name {name!r} is reserved (--{name} is an option of every command)"
+        )
     if type is bool and default is None and not multiple:
         default = False
     return Parameter(
@@ -114,6 +139,8 @@ def parameter(
         required=required,
         multiple=multiple,
         envvar=envvar,
+        hidden=hidden,
+        default_help=default_help,
     )
 
 
@@ -302,10 +329,10 @@ def convert(param: Parameter, value: Any, origin: str) -> Any:
             f"invalid value for {param.option}: {_describe(value)} is not {e} (from {origin})"
         ) from None
     if param.choices is not None and converted not in param.choices:
-        allowed = ", ".join(str(c) for c in param.choices)
+        allowed = [str(c) for c in param.choices]
         raise ParameterError(
-            f"invalid value for {param.option}: {_describe(value)} is not one of {allowed} "
-            f"(from {origin})"
+            f"invalid value for {param.option}: {_describe(value)} is not one of "
+            f"{', '.join(allowed)} (from {origin})" + did_you_mean(str(value), allowed)
         )
     return converted
 
@@ -368,8 +395,13 @@ def resolve(
     layers: Sequence[Layer],
     *,
     environ: Mapping[str, str] | None = None,
+    compute: bool = True,
 ) -> Resolved:
-    """Merge every source in precedence order, then convert and check each value once."""
+    """Merge every source in precedence order, then convert and check each value once.
+
+    ``compute=False`` leaves callable defaults uncalled (their value is None): help text
+    must not run user code, nor draw a value the run would not get.
+    """
     environ = os.environ if environ is None else environ
     by_name = {p.name: p for p in parameters}
     # name -> (value, source label, origin for error messages)
@@ -386,10 +418,9 @@ def resolve(
             name = key.replace("-", "_")
             if name not in by_name:
                 if layer.strict:
-                    known = ", ".join(sorted(n for n, p in by_name.items() if not p.builtin))
-                    raise ParameterError(
-                        f"unknown parameter {key!r} in {layer.origin} (known: {known or 'none'})"
-                    )
+                    names = sorted(n for n, p in by_name.items() if not p.builtin)
+                    hint = did_you_mean(name, names) or f" (known: {', '.join(names) or 'none'})"
+                    raise ParameterError(f"unknown parameter {key!r} in {layer.origin}{hint}")
                 continue
             chosen[name] = (value, layer.label, layer.origin)
     if not env_done:
@@ -400,6 +431,8 @@ def resolve(
     sources: dict[str, str] = {}
     for name, (value, label, origin) in chosen.items():
         param = by_name[name]
+        if label == "decorator" and param.computed_default:
+            value = param.default() if compute else None
         values[name] = convert(param, value, origin)
         if param.is_custom and isinstance(value, str):
             raw[name] = value
@@ -418,3 +451,66 @@ def _apply_env(
         if param.envvar and param.envvar in environ:
             label = f"env:{param.envvar}"
             chosen[name] = (environ[param.envvar], label, label)
+
+
+# ---------------------------------------------------------------- the design's precedence
+
+
+def params_file_layer(path: Path, experiment_id: str) -> Layer:
+    """The values of a parameters.toml; one from another experiment's run is refused."""
+    if not path.is_file():
+        raise ParameterError(f"params file not found: {path}")
+    try:
+        values = read_toml(path)
+    except PystematicError as e:
+        raise ParameterError(e.message) from None
+    if (path.parent / rundir.RUN_JSON).is_file():
+        try:
+            other = rundir.read_run_json(path.parent).get("experiment")
+        except RunDirError:
+            other = None
+        if other and other != experiment_id:
+            raise ParameterError(
+                f"params file {path} belongs to a run of {other!r}, not {experiment_id!r}"
+            )
+    return Layer(Source.PARAMS_FILE, "params-file", values, strict=True, where=str(path))
+
+
+def resolve_parameters(
+    experiment_id: str,
+    parameters: Sequence[Parameter],
+    experiment_defaults: Mapping[str, Any],
+    project: Project,
+    cli_values: Mapping[str, Any],
+    *,
+    compute: bool = True,
+) -> Resolved:
+    """Every source in the design's precedence order, checked once.
+
+    decorator -> ``defaults=`` -> ``[defaults]`` -> ``[experiments.ID]`` -> env ->
+    ``--params-file`` or the resumed run's parameters.toml -> CLI flags.
+    """
+    table = project.experiments.get(experiment_id, {})
+    layers = [
+        Layer(Source.EXPERIMENT, "experiment", experiment_defaults, strict=True),
+        Layer(
+            Source.DEFAULTS,
+            "[defaults]",
+            {"recorder": list(project.recorder), **project.defaults},
+            strict=False,
+        ),
+        Layer(Source.EXPERIMENTS_TABLE, f"[experiments.{experiment_id}]", table, strict=True),
+        Layer(Source.CLI, "cli", cli_values, strict=True),
+    ]
+    params_file = cli_values.get("params_file")
+    if params_file is not None:
+        layers.append(params_file_layer(Path(params_file), experiment_id))
+    resume = cli_values.get("resume")
+    if resume is not None:
+        folder = rundir.resume_dir(Path(resume))
+        layers.append(params_file_layer(folder / rundir.PARAMETERS_TOML, experiment_id))
+    resolved = resolve(parameters, layers, compute=compute)
+    # The recorder default comes from the config, not from the decorator.
+    if resolved.sources.get("recorder") == "[defaults]" and "recorder" not in project.defaults:
+        resolved.sources["recorder"] = "config"
+    return resolved

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,6 +106,43 @@ def _table(value: Any, key: str, path: Path | None) -> dict[str, Any]:
     return dict(value)
 
 
+def _experiment_tables(table: dict[str, Any], path: Path | None) -> dict[str, dict[str, Any]]:
+    """``{id: values}`` from ``[experiments.NAME]``, nested tables naming group members.
+
+    Parameter values are never tables, so a table inside ``[experiments.vision]`` is the
+    experiment ``vision.fit``: ``[experiments.vision.fit]`` and ``[experiments."vision.fit"]``
+    address the same experiment.
+    """
+    flat: dict[str, dict[str, Any]] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        values = _table(value, f"experiments.{prefix}", path)
+        own = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if own or not values:
+            target = flat.setdefault(prefix, {})
+            twice = sorted(set(target) & set(own))
+            if twice:
+                raise ConfigError(f"{path}: [experiments.{prefix}] sets {twice[0]!r} twice")
+            target.update(own)
+        for key, sub in values.items():
+            if isinstance(sub, dict):
+                visit(f"{prefix}.{key}", sub)
+
+    for name, value in table.items():
+        visit(name, value)
+    return flat
+
+
+def check_experiment_tables(project: Project, known: list[str]) -> None:
+    """A ``[experiments.X]`` table must name a discovered experiment (with a did-you-mean)."""
+    for name in project.experiments:
+        if name not in known:
+            hint = did_you_mean(name, known) or f" (known: {', '.join(sorted(known)) or 'none'})"
+            raise ConfigError(
+                f"{project.config_file}: [experiments.{name}] names no experiment{hint}"
+            )
+
+
 def load_project(
     start: Path | None = None,
     *,
@@ -151,10 +188,7 @@ def load_project(
     recorder = _str_list(table.get("recorder", list(DEFAULT_BACKENDS)), "recorder", config_file)
     defaults = _table(table.get("defaults", {}), "defaults", config_file)
     experiments_table = _table(table.get("experiments", {}), "experiments", config_file)
-    experiments = {
-        name: _table(value, f"experiments.{name}", config_file)
-        for name, value in experiments_table.items()
-    }
+    experiments = _experiment_tables(experiments_table, config_file)
     return Project(
         root=root,
         config_file=config_file,

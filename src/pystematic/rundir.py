@@ -1,10 +1,11 @@
-"""Run folders: unique creation, the parameters snapshot and run.json.
+"""Run folders and the run record: unique creation, parameters.toml and run.json.
 
 A run folder is ``<output_dir>/<experiment>/<run-id>/``; the run id is a sortable
 UTC timestamp plus a random suffix, and the folder is made with a bare
 ``mkdir`` retried on collision, never check-then-create. ``run.json`` is only
 ever replaced whole (temp file, fsync, rename) under a lock file, because the
-ranks of a distributed run and the launcher all update it.
+ranks of a distributed run and the launcher all update it. This module takes
+plain values and imports nothing of the package but its errors.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
+import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,10 @@ from .errors import RunDirError
 
 RUN_JSON = "run.json"
 PARAMETERS_TOML = "parameters.toml"
+CHECKPOINT_DIR = "checkpoints"
 HEARTBEAT_SECONDS = 5.0
+#: A run on another host whose heartbeat is older than this has died.
+DIED_AFTER_S = 6 * HEARTBEAT_SECONDS
 # A final status never goes back to a weaker one: a rank that failed outranks
 # the SIGTERM the others received when the launcher stopped them.
 STATUS_RANK = {"running": 0, "completed": 1, "interrupted": 2, "failed": 3}
@@ -57,14 +64,28 @@ def create_run_dir(output_dir: Path, experiment_id: str) -> Path:
     raise RunDirError(f"could not find a free run id in {parent}")
 
 
+def resume_dir(path: Path) -> Path:
+    """The run folder of ``--resume``, given a run folder or a checkpoint inside one."""
+    path = Path(path).resolve()
+    folder = path if path.is_dir() else path.parent.parent
+    if not (folder / RUN_JSON).is_file():
+        raise RunDirError(f"--resume {path}: not a run folder or a checkpoint in one")
+    return folder
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace *path* with *data* so readers see the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write_parameters(
@@ -95,6 +116,17 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _strict(value: Any) -> Any:
+    """JSON has no NaN or infinities: they are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def update_run_json(
     run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False
 ) -> dict[str, Any]:
@@ -118,5 +150,150 @@ def update_run_json(
             for key in ("status", "error", "traceback", "failed_rank", "end", "duration"):
                 new.pop(key, None)
         data.update(new)
-        write_atomic(run_dir / RUN_JSON, json.dumps(data, indent=1, default=str).encode("utf-8"))
+        text = json.dumps(_strict(data), indent=1, default=str, allow_nan=False)
+        write_atomic(run_dir / RUN_JSON, text.encode("utf-8"))
         return data
+
+
+# ---------------------------------------------------------------- the run record
+
+
+def start_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
+    """run.json at the start of a run: status ``running``, this process, a fresh heartbeat.
+
+    ``fields`` holds the run's plain values (experiment, module, file, argv, params,
+    tags, world size, backend, environment and git facts, ...).
+    """
+    now = now_iso()
+    update_run_json(
+        run_dir,
+        {
+            "id": run_dir.name,
+            "status": "running",
+            "start": now,
+            "end": None,
+            "duration": None,
+            "error": None,
+            "traceback": None,
+            "failed_rank": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "heartbeat": now,
+            "resumes": [],
+            "metrics": {},
+            **fields,
+        },
+    )
+
+
+def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> int:
+    """A resume of *run_dir*: keep the old parameters file, list the resume in run.json.
+
+    Returns the number of the resume (1 for the first). A run that is still alive
+    is refused.
+    """
+    data = read_run_json(run_dir)
+    if data.get("status") == "running" and is_alive(data):
+        raise RunDirError(f"--resume {run_dir}: that run is still running (pid {data.get('pid')})")
+    n = 1
+    while (run_dir / f"parameters.{n}.toml").exists():
+        n += 1
+    os.replace(run_dir / PARAMETERS_TOML, run_dir / f"parameters.{n}.toml")
+    write_parameters(run_dir, snapshot)
+    now = now_iso()
+    resumes = [*data.get("resumes", []), {"time": now, "argv": argv}]
+    update_run_json(
+        run_dir,
+        {
+            "status": "running",
+            "end": None,
+            "error": None,
+            "traceback": None,
+            "failed_rank": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "heartbeat": now,
+            "resumes": resumes,
+            "params": dict(snapshot),
+        },
+        restart=True,
+    )
+    return len(resumes)
+
+
+def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
+    """The final status (and error, duration, metrics) of a run; never a weaker one."""
+    now = now_iso()
+    update_run_json(run_dir, {**fields, "end": now, "heartbeat": now})
+
+
+class Heartbeat:
+    """Refreshes run.json's heartbeat (and the running metrics) every few seconds."""
+
+    def __init__(self, run_dir: Path, metrics: Callable[[], Mapping[str, Any]]) -> None:
+        self._run_dir = run_dir
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="pystematic-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                update_run_json(
+                    self._run_dir, {"heartbeat": now_iso(), "metrics": dict(self._metrics())}
+                )
+
+    def stop(self) -> None:
+        """Stop beating; a beat under way finishes first (it must not follow the final record)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def timestamp(value: Any) -> float | None:
+    """POSIX time of an ISO-8601 string (naive means UTC); None when absent or unparsable."""
+    if not isinstance(value, str):
+        return None
+    if value.endswith("Z"):  # fromisoformat accepts "Z" from Python 3.11 only
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (signal 0 sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def is_alive(data: Mapping[str, Any], *, now: float | None = None, host: str | None = None) -> bool:
+    """The one liveness rule for a ``running`` run.json (``runs``, ``--resume``, sweeps).
+
+    Its heartbeat (refreshed every :data:`HEARTBEAT_SECONDS`) must be younger than
+    :data:`DIED_AFTER_S`, and on this host its process must exist: a run killed
+    outright is dead at once, not half a minute later.
+    """
+    last = timestamp(data.get("heartbeat")) or timestamp(data.get("start"))
+    if last is None or (time.time() if now is None else now) - last > DIED_AFTER_S:
+        return False
+    pid = data.get("pid")
+    here = data.get("host") == (socket.gethostname() if host is None else host)
+    if here and isinstance(pid, int) and not isinstance(pid, bool):
+        return pid_alive(pid)
+    return True

@@ -34,6 +34,7 @@ __all__ = [
     "SeedRecord",
     "capture_rng_state",
     "chain_worker_init_fn",
+    "deterministic_restorer",
     "draw_seed",
     "rank_rng",
     "restore_rng_state",
@@ -110,6 +111,31 @@ def set_deterministic(enabled: bool) -> None:
         or "torch._inductor.config" in sys.modules
     ):
         torch.use_deterministic_algorithms(enabled)
+
+
+def deterministic_restorer() -> Callable[[], None]:
+    """What puts torch's deterministic-algorithm and cuDNN flags back as they are now.
+
+    A run turns them on for ``--deterministic``; a notebook that ran one must not stay
+    deterministic afterwards.
+    """
+    import torch
+
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+
+    def restore() -> None:
+        enabled, warn_only, cudnn_deterministic, cudnn_benchmark = saved
+        if torch.are_deterministic_algorithms_enabled() != enabled:
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+    return restore
 
 
 @dataclass(frozen=True)
