@@ -14,6 +14,13 @@ from typing import Any
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Project", "Result", "read_metrics", "tomllib"]
+
 # Variables that would make a test process believe it is a rank of a launched group.
 LAUNCH_VARS = (
     "RANK",

@@ -52,8 +52,9 @@ def one_error_line(result: Result) -> str:
     return lines[0]
 
 
-def listed(result: Result) -> list[str]:
-    assert result.returncode in (0, 1), result.stderr
+def listed(result: Result, code: int = 0) -> list[str]:
+    """The names ``list --json`` printed; *code* is 1 when a module failed to import."""
+    assert result.returncode == code, result.stderr
     return [row["name"] for row in json.loads(result.stdout)]
 
 
@@ -192,7 +193,7 @@ def test_import_failure_is_reported_and_the_rest_listed(project: Project) -> Non
         assert len(errors) == 2, result.stderr
         assert any("bad.py" in e and "ValueError: broken on purpose" in e for e in errors)
         assert any("missing.py" in e and "no_such_module_xyz" in e for e in errors)
-    assert listed(project.run("list", "--json")) == ["good"]
+    assert listed(project.run("list", "--json"), code=1) == ["good"]
     # The experiments that did import still run; an unknown name mentions the failures.
     unknown = project.run("show-params", "bda")
     assert unknown.returncode == 2
@@ -400,3 +401,44 @@ def test_help_and_list_do_not_import_torch(project: Project) -> None:
         result = project.python("-c", code.replace("ARGS", repr(args)))
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {"codes": [0] * len(args), "heavy": []}, args
+
+
+def test_warm_cache_imports_nothing_and_leaves_sys_path(project: Project) -> None:
+    project.write("pystematic.toml", 'modules = ["pkg.sub"]\n')
+    marker = project.root / "imported.txt"
+    project.write("pkg/__init__.py", f"open({str(marker)!r}, 'a').write('pkg\\n')\n")
+    project.write("pkg/sub/__init__.py", "")
+    project.write("pkg/sub/exp.py", experiment_source("train", "Train."))
+    assert listed(project.run("list", "--json")) == ["train"]
+    assert imports(project) == 1
+    code = textwrap.dedent(
+        """
+        import contextlib, io, json, sys
+        before = list(sys.path)
+        modules = set(sys.modules)
+        from pystematic.cli import run_cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            codes = [run_cli(["list", "--json"]), run_cli(["show-params", "train"])]
+        user = sorted(m for m in set(sys.modules) - modules if m.split(".")[0] == "pkg")
+        print(json.dumps({"codes": codes, "same_path": sys.path == before, "user": user}))
+        """
+    )
+    result = project.python("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"codes": [0, 0], "same_path": True, "user": []}
+    assert imports(project) == 1
+
+
+def test_run_imports_only_the_module_that_defines_the_experiment(project: Project) -> None:
+    project.write("a.py", experiment_source("train", "Train.", marker="imported.txt"))
+    project.write("b.py", experiment_source("other", "Other.", marker="imported.txt"))
+    assert sorted(listed(project.run("list", "--json"))) == ["other", "train"]
+    assert imports(project) == 2
+    assert project.run("run", "train").returncode == 0
+    assert imports(project) == 3
+    marker = project.root / "imported.txt"
+    assert marker.read_text().splitlines()[-1] == "a"
+    # A changed file makes the cache stale: then the whole project is imported.
+    project.write("b.py", experiment_source("other", "Changed.", marker="imported.txt"))
+    assert project.run("run", "train").returncode == 0
+    assert sorted(marker.read_text().splitlines()[-2:]) == ["a", "b"]

@@ -23,12 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, Result, read_metrics
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from conftest import Project, Result, read_metrics, tomllib
 
 pytestmark = pytest.mark.slow
 
@@ -402,3 +397,22 @@ def test_bad_launch_input_fails_before_anything_starts(ddp_project: Project) -> 
 
     assert not (ddp_project.root / "output").exists()
     assert _tmp_leftovers() == []
+
+
+@pytest.mark.slow
+def test_a_launch_that_fails_after_the_run_dir_exists_records_failed(
+    ddp_project: Project,
+) -> None:
+    """A busy --master-port: the run dir exists by then, so run.json says failed, why."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = ddp_project.run(
+            "distributed", "ddp", "--nproc", "2", "--master-port", str(port), timeout=240
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: rendezvous at ")
+    record = json.loads((ddp_project.only_run_dir("ddp") / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"].startswith("rendezvous at ")

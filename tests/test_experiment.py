@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 
 import pystematic as ps
-from conftest import Project
+from conftest import Project, tomllib
 from pystematic.errors import ParameterError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 WIDE = {"COLUMNS": "200"}
 
@@ -197,7 +191,7 @@ def test_inherited_declarations_that_clash_name_both_owners() -> None:
     @ps.experiment
     def first(params: Any) -> None: ...
 
-    with pytest.raises(ParameterError, match="declared differently by .*first.* and .*second"):
+    with pytest.raises(ParameterError, match=r"declared differently by .*first.* and .*second"):
 
         @ps.parameter("lr", type=float, default=0.5)
         @ps.experiment(name="second", inherit_params=first)

@@ -16,12 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, read_metrics
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from conftest import Project, read_metrics, tomllib
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "classifier"
 SMALL = ["--epochs", "2", "--samples", "128"]

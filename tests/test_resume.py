@@ -8,9 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from conftest import Project, read_metrics
+from conftest import Project, read_metrics, tomllib
 
 EXPERIMENT = """
 import torch

@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project
+from conftest import Project, tomllib
 from pystematic import rundir
 from pystematic.errors import RunDirError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 

@@ -22,13 +22,8 @@ from typing import Any
 import pytest
 
 import pystematic
-from conftest import Project, Result, read_metrics
+from conftest import Project, Result, read_metrics, tomllib
 from pystematic import seeding
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # Every field section 4 of the design lists for run.json.
 RUN_JSON_KEYS = [

@@ -13,7 +13,6 @@ import contextlib
 import io
 import logging
 import re
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +77,8 @@ def _age_key(path: Path) -> tuple[int, str]:
 
 def looks_complete(path: Path) -> bool:
     """Whether a file opens as a ``torch.save`` archive (a truncated one does not)."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             return bool(archive.namelist())

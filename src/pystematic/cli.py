@@ -221,6 +221,12 @@ def _completer(values: Sequence[Any]) -> Callable[[str], list[str]]:
     return lambda incomplete: [w for w in words if w.startswith(incomplete)]
 
 
+def _complete_backend(incomplete: str) -> list[str]:
+    from .recording import BACKENDS
+
+    return [name for name in sorted(BACKENDS) if name.startswith(incomplete)]
+
+
 def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
     """(annotation, typer.Option) for a declaration; values stay strings for pystematic."""
     names = [param.option]
@@ -249,9 +255,7 @@ def _option_for(param: Parameter, effective: Any) -> tuple[Any, Any]:
     if param.choices is not None:
         completion = _completer(param.choices)
     elif param.name == "recorder":
-        from .recording import BACKENDS
-
-        completion = _completer(sorted(BACKENDS))
+        completion = _complete_backend
     option = typer.Option(
         None,
         *names,

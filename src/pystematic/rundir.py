@@ -15,8 +15,6 @@ import fcntl
 import json
 import math
 import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +40,12 @@ def now_iso() -> str:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(2).hex()
+
+
+def hostname() -> str:
+    """This machine's name, as ``socket.gethostname()`` gives it (without importing socket)."""
+    return os.uname().nodename
 
 
 def create_run_dir(output_dir: Path, experiment_id: str) -> Path:
@@ -75,7 +78,7 @@ def resume_dir(path: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace *path* with *data* so readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -177,7 +180,7 @@ def start_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
             "traceback": None,
             "failed_rank": None,
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": hostname(),
             "heartbeat": now,
             "resumes": [],
             "metrics": {},
@@ -211,7 +214,7 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
             "traceback": None,
             "failed_rank": None,
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": hostname(),
             "heartbeat": now,
             "resumes": resumes,
             "params": dict(snapshot),
@@ -293,7 +296,7 @@ def is_alive(data: Mapping[str, Any], *, now: float | None = None, host: str | N
     if last is None or (time.time() if now is None else now) - last > DIED_AFTER_S:
         return False
     pid = data.get("pid")
-    here = data.get("host") == (socket.gethostname() if host is None else host)
+    here = data.get("host") == (hostname() if host is None else host)
     if here and isinstance(pid, int) and not isinstance(pid, bool):
         return pid_alive(pid)
     return True

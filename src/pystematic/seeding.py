@@ -67,9 +67,7 @@ def _check_seed(seed: int, what: str = "seed") -> int:
 
 def draw_seed() -> int:
     """A fresh master seed from the OS's entropy source, in ``[0, 2**32)``."""
-    import secrets
-
-    return secrets.randbits(32)
+    return int.from_bytes(os.urandom(4), "little")
 
 
 def seed_all(seed: int) -> None:
