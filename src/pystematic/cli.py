@@ -337,7 +337,7 @@ def _rel(path: str, root: Path) -> str:
 def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
     def runs(
         experiment: Annotated[
-            str | None, typer.Argument(help="Only runs of this experiment.")
+            str | None, typer.Argument(help="Only runs of this experiment or group.")
         ] = None,
         sort: Annotated[
             str | None,
@@ -350,13 +350,22 @@ def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
         last: Annotated[
             int | None, typer.Option(help="Only the newest N runs, then sorted.")
         ] = None,
+        columns: Annotated[
+            str | None,
+            typer.Option(
+                help="The columns to show, comma-separated: parameters, metrics, or "
+                "status, duration, start, end, world_size, tags, sweep, error, path."
+            ),
+        ] = None,
+        sweep: Annotated[str | None, typer.Option(help="Only the runs of this sweep.")] = None,
         output_dir: Annotated[
             Path | None, typer.Option(help="Where the runs are (default: config).")
         ] = None,
         as_json: JsonFlag = False,
     ) -> int:
-        """Past runs: status, the parameters that differ, last metrics."""
+        """Past runs: status, duration, the parameters that differ, the last metrics."""
         from . import runs as runs_module
+        from .errors import ParameterError
 
         folder = output_dir.resolve() if output_dir else project_loader().output_dir
         with warnings.catch_warnings(record=True) as caught:
@@ -364,20 +373,111 @@ def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
             records = runs_module.load_runs(folder, experiment)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
-        selected = runs_module.select_runs(
-            records, filters=runs_module.parse_filters(filters or []), sort=sort, last=last
-        )
+        if experiment is not None and not records:
+            _check_experiment(experiment, folder, None if output_dir else project_loader)
+        wanted = runs_module.parse_filters(filters or [])
+        if sweep is not None:
+            _check_sweep(sweep, folder, records)
+            wanted.append(("sweep", sweep))
+        selected = runs_module.select_runs(records, filters=wanted, sort=sort, last=last)
+        picked = None
+        if columns is not None:
+            picked = [name.strip() for name in columns.split(",") if name.strip()]
+            if not picked:
+                raise ParameterError(f"--columns {columns!r}: expected names, e.g. lr,loss")
+        from .runs_table import runs_table
+
+        view = runs_table(selected, columns=picked, sort=sort)  # checks --columns
         if as_json:
             print(json.dumps(_finite(selected), indent=1, default=str))
-        else:
-            from rich.console import Console
+            return 0
+        from rich.console import Console
 
-            # Piped output is read by people too: don't cut columns at 80.
-            console = Console() if sys.stdout.isatty() else Console(width=200)
-            console.print(runs_module.runs_table(selected))
+        if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+            console = Console()
+        else:  # a pipe or a file: every column, whatever the width, and no colour codes
+            console = Console(width=max(view.natural_width, 80))
+        console.print(view)
         return 0
 
     return runs
+
+
+def _check_experiment(
+    experiment: str, folder: Path, project_loader: Callable[[], Project] | None
+) -> None:
+    """An experiment with no runs must exist: in the output dir, else in the project."""
+    from .runs import did_you_mean, experiment_ids, experiment_matches
+
+    known = experiment_ids(folder)
+    if any(experiment_matches(name, experiment) for name in known):
+        return
+    note = ""
+    if project_loader is not None:  # the project's own output dir: ask its experiments
+        found = discover(project_loader())
+        ids = [info.id for info in found.experiments.values()]
+        if any(experiment_matches(name, experiment) for name in ids):
+            return  # declared, not run yet
+        known += ids
+        if found.failures:
+            note = "; modules that failed to import: " + ", ".join(
+                f"{f.file} ({f.message})" for f in found.failures
+            )
+    groups = {name.rsplit(".", 1)[0] for name in known if "." in name}
+    raise UnknownExperimentError(
+        f"unknown experiment {experiment!r}: no runs under {folder}"
+        + ("" if project_loader is None else " and no such experiment in the project")
+        + did_you_mean(experiment, [*known, *groups])
+        + note
+    )
+
+
+def _check_sweep(sweep: str, folder: Path, records: Sequence[dict[str, Any]]) -> None:
+    """``--sweep ID`` must name a sweep: one that made a listed run, or has a sweep folder."""
+    from glob import escape as glob_escape
+
+    from .errors import ParameterError
+    from .runs import did_you_mean
+
+    known = {r["sweep"] for r in records if r["sweep"] is not None}
+    if sweep in known or any(folder.glob(f"*/sweeps/{glob_escape(sweep)}")):
+        return
+    known.update(p.name for p in folder.glob("*/sweeps/*") if p.is_dir())
+    raise ParameterError(
+        f"--sweep {sweep}: no such sweep under {folder}" + did_you_mean(sweep, known)
+    )
+
+
+def _diff_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
+    def diff(
+        run_a: Annotated[str, typer.Argument(help="A run id or run dir.", show_default=False)],
+        run_b: Annotated[
+            str, typer.Argument(help="Another run id or run dir.", show_default=False)
+        ],
+        output_dir: Annotated[
+            Path | None, typer.Option(help="Where run ids are looked up (default: config).")
+        ] = None,
+        as_json: JsonFlag = False,
+    ) -> int:
+        """Why two runs differ: parameters, seeds, code, packages, environment, metrics.
+
+        Exit 0 when their metrics are identical bit for bit (time aside), 1 when not.
+        """
+        from . import diff as diff_module
+
+        def folder() -> Path:
+            return output_dir.resolve() if output_dir else project_loader().output_dir
+
+        path_a = diff_module.find_run(run_a, folder)
+        path_b = diff_module.find_run(run_b, folder)
+        result = diff_module.diff_runs(path_a, path_b)
+        if as_json:
+            print(json.dumps(_finite(result.to_json()), indent=1, default=str))
+        else:
+            diff_module.print_diff(result)
+        return 0 if result.metrics.identical else 1
+
+    return diff
 
 
 def _finite(value: Any) -> Any:
@@ -465,6 +565,7 @@ def build_app(argv: Sequence[str], *, script: Path | None = None) -> typer.Typer
 
     app.command("list")(_list_command(project_loader, script))
     app.command("runs")(_runs_command(project_loader))
+    app.command("diff")(_diff_command(project_loader))
 
     command = _command_word(argv)
     completing = any(k.endswith("_COMPLETE") for k in os.environ if k.startswith("_"))
