@@ -26,6 +26,7 @@ PROMISED = {
     "param_group",
     "parameter",
     "recorder",
+    "runs_dataframe",
     "worker_init_fn",
 }
 ERRORS = {
@@ -81,6 +82,7 @@ def test_star_import_and_lazy_names() -> None:
         "import sys\n"
         "from pystematic import *\n"
         "assert 'Recorder' in dir() and 'load_runs' in dir() and 'recorder' in dir()\n"
+        "assert 'runs_dataframe' in dir() and 'pandas' not in sys.modules\n"
         "assert issubclass(recorder.Backend, object)\n"
         "print('ok')\n"
     )

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from . import recorder as recorder
     from .recording import Recorder as Recorder
     from .runs import load_runs as load_runs
+    from .runs import runs_dataframe as runs_dataframe
 
 __all__ = [
     "ConfigError",
@@ -51,6 +52,7 @@ __all__ = [
     "param_group",
     "parameter",
     "recorder",
+    "runs_dataframe",
     "worker_init_fn",
 ]
 
@@ -76,4 +78,8 @@ def __getattr__(name: str) -> Any:
         from .runs import load_runs
 
         return load_runs
+    if name == "runs_dataframe":
+        from .runs import runs_dataframe
+
+        return runs_dataframe
     raise AttributeError(f"module 'pystematic' has no attribute {name!r}")
