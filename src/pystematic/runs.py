@@ -267,9 +267,11 @@ def metrics_since(
     lines = data.split(b"\n")
     if pos > 0:
         lines = lines[1:]  # starts mid-line
+    # Newest first, so only the steps after *since* are parsed, and the first value seen of
+    # a tag is its last.
     values: dict[str, Any] = {}
     last: float | None = None
-    for line in lines:
+    for line in reversed(lines):
         try:
             step = json.loads(line)
         except ValueError:
@@ -279,9 +281,11 @@ def metrics_since(
         step_time = step.get("time")
         if isinstance(step_time, (int, float)):
             if since is not None and step_time < since:
-                continue
+                break
             last = step_time if last is None else max(last, step_time)
-        values.update((k, v) for k, v in step.items() if k not in ("step", "time"))
+        for key, value in step.items():
+            if key not in ("step", "time"):
+                values.setdefault(key, value)
     return values, last
 
 
