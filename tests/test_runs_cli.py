@@ -188,8 +188,8 @@ def test_unknown_experiment_is_one_line_with_a_suggestion(results: Project) -> N
     assert out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: unknown experiment 'trian'")
     assert "did you mean 'train'?" in out.stderr
-    # declared but never run: not an error, just no runs
-    empty = results.run("runs", "never_run")
+    # declared but never run (named as on the command line): not an error, just no runs
+    empty = results.run("runs", "never-run")
     assert (empty.returncode, empty.stdout.strip()) == (0, "0 runs")
 
 

@@ -371,6 +371,9 @@ def _runs_command(project_loader: Callable[[], Project]) -> Callable[..., int]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", runs_module.CorruptRunWarning)
             records = runs_module.load_runs(folder, experiment)
+            if experiment is not None and not records and "-" in experiment:
+                experiment = experiment.replace("-", "_")  # the CLI's spelling of an id
+                records = runs_module.load_runs(folder, experiment)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
         if experiment is not None and not records:

@@ -154,7 +154,7 @@ def drop_order(records: Sequence[dict[str, Any]], params: Sequence[str]) -> list
     :data:`NOISE_PARAMS`, then the least recently varied: a parameter *varies* at a run
     when its value differs from the run before it (by start time), and the one whose last
     variation is oldest goes first (ties: the column further right first). So the
-    parameters of the latest experiments stay longest.
+    parameters of the latest series of runs stay longest.
     """
     timeline = sorted(records, key=lambda r: (r["start"] or "", r["id"]))
     last_change: dict[str, int] = {}
