@@ -26,6 +26,7 @@ PROMISED = {
     "param_group",
     "parameter",
     "recorder",
+    "runs_dataframe",
     "worker_init_fn",
 }
 ERRORS = {
@@ -64,7 +65,7 @@ def test_all_is_exactly_the_public_names() -> None:
         for name, value in vars(ps).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    lazy = {"Recorder", "load_runs"}
+    lazy = {"Recorder", "load_runs", "runs_dataframe"}
     modules_by_design = {"context", "recorder"}
     assert public | lazy | modules_by_design | {"__version__"} == set(ps.__all__)
 
@@ -95,6 +96,7 @@ def test_star_import_and_lazy_names() -> None:
         "import sys\n"
         "from pystematic import *\n"
         "assert 'Recorder' in dir() and 'load_runs' in dir() and 'recorder' in dir()\n"
+        "assert 'runs_dataframe' in dir() and 'pandas' not in sys.modules\n"
         "assert issubclass(recorder.Backend, object)\n"
         "print('ok')\n"
     )

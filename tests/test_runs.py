@@ -1,13 +1,11 @@
-"""Tests for pystematic.runs: reading run dirs, the `died` rule, filters, sort, table."""
+"""Tests for pystematic.runs: reading run dirs, the `died` rule, filters, sort, DataFrames."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -15,103 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
+from _runs_data import NOW, dead_pid, ids, iso, output, running, write_run
+from pystematic import rundir, runs
 from pystematic.errors import ParameterError
 from pystematic.runs import (
-    DIED_AFTER_S,
     EXTRA_KEYS,
     RECORD_KEYS,
     CorruptRunWarning,
     differing_params,
-    fit_widths,
-    format_duration,
-    format_metric,
     load_runs,
+    metrics_since,
     parse_filters,
-    runs_table,
     select_runs,
     value_matches,
 )
 
-NOW = datetime.now(timezone.utc)
+__all__ = ["output"]  # a fixture, shared with test_runs_table.py
 
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat()
-
-
-def write_run(root: Path, experiment: str, run_id: str, **fields: Any) -> Path:
-    """A run dir with a full run.json like rundir.py writes; *fields* override the defaults."""
-    start = fields.pop("start_at", NOW - timedelta(hours=1))
-    record: dict[str, Any] = {
-        "id": run_id,
-        "experiment": experiment,
-        "module": "experiments.train",
-        "file": "/project/experiments/train.py",
-        "argv": ["pystematic", "run", experiment],
-        "status": "completed",
-        "start": iso(start),
-        "end": iso(start + timedelta(seconds=90)),
-        "duration": 90.0,
-        "error": None,
-        "traceback": None,
-        "failed_rank": None,
-        "pid": 999999,
-        "host": "elsewhere",
-        "user": "me",
-        "heartbeat": iso(start + timedelta(seconds=90)),
-        "python_version": "3.11.7",
-        "torch_version": "2.13.0",
-        "cuda_version": None,
-        "gpu": None,
-        "pystematic_version": "0.1.0",
-        "world_size": 1,
-        "backend": None,
-        "git_commit": None,
-        "git_branch": None,
-        "git_dirty": None,
-        "resumes": [],
-        "tags": [],
-        "params": {},
-        "metrics": {},
-    }
-    record.update(fields)
-    run_dir = root / experiment / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps(record))
-    return run_dir
-
-
-def render(records: list[dict[str, Any]], width: int = 250) -> str:
-    buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None).print(runs_table(records))
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def output(tmp_path: Path) -> Path:
-    """Five runs of three experiments (two in the `vision` group), ten minutes apart."""
-    root = tmp_path / "output"
-    t0 = NOW - timedelta(days=1)
-    specs = [
-        ("train", {"lr": 0.01, "epochs": 10, "augment": True}, {"loss": 0.5, "acc": 0.8}, []),
-        ("train", {"lr": 0.001, "epochs": 10, "augment": False}, {"loss": 0.3}, ["best"]),
-        ("train", {"lr": 0.1, "epochs": 10, "augment": True}, {"loss": 0.9, "acc": 0.6}, []),
-        ("vision.fit", {"lr": 0.01, "batch_size": 32}, {"loss": 0.4}, ["best", "x"]),
-        ("vision.eval", {"checkpoint": "a.pt"}, {"acc": 0.7}, []),
-    ]
-    for i, (experiment, params, metrics, tags) in enumerate(specs):
-        start = t0 + timedelta(minutes=10 * i)
-        run_id = start.strftime("%Y%m%d-%H%M%S") + f"-{i:04x}"
-        write_run(
-            root, experiment, run_id, start_at=start, params=params, metrics=metrics, tags=tags
-        )
-    return root
-
-
-def ids(records: list[dict[str, Any]]) -> list[str]:
-    return [r["id"][-1] for r in records]  # the index i, as written by the fixture
+STALE = rundir.DEAD_AFTER_SECONDS + 30
 
 
 # --- load_runs -------------------------------------------------------------------------------
@@ -240,47 +160,61 @@ def test_missing_fields_fall_back_to_folder_names(tmp_path: Path) -> None:
 
 # --- the died rule ---------------------------------------------------------------------------
 
-
-def dead_pid() -> int:
-    """The pid of a process that has exited and been reaped."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+HERE = socket.gethostname()
 
 
-def running(root: Path, run_id: str, heartbeat_age: float, host: str, pid: int) -> None:
-    start = datetime.now(timezone.utc) - timedelta(minutes=10)
-    write_run(
-        root,
-        "train",
-        run_id,
-        start_at=start,
-        status="running",
-        end=None,
-        duration=None,
-        host=host,
-        pid=pid,
-        heartbeat=iso(datetime.now(timezone.utc) - timedelta(seconds=heartbeat_age)),
+def alive(**fields: Any) -> bool:
+    """rundir.is_alive of a running run.json, at a fixed `now` on the host `here`."""
+    data = {"status": "running", "host": "here", "start": "2026-11-25T10:00:00+00:00", **fields}
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc).timestamp()
+    return rundir.is_alive(data, now=now, host="here")
+
+
+def ago(seconds: float) -> str:
+    return iso(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc) - timedelta(seconds=seconds))
+
+
+def test_on_another_host_the_heartbeat_decides() -> None:
+    limit = rundir.DEAD_AFTER_SECONDS
+    assert limit == 6 * rundir.HEARTBEAT_SECONDS
+    assert alive(host="other", pid=1, heartbeat=ago(limit)) is True
+    assert alive(host="other", pid=1, heartbeat=ago(limit + 1)) is False
+    # no heartbeat yet: the start time stands in for it
+    assert alive(host="other", heartbeat=None, start=ago(limit - 1)) is True
+    assert alive(host="other", heartbeat=None, start=ago(limit + 1)) is False
+    assert alive(host="other", heartbeat=None, start=None) is False
+    assert alive(host="other", heartbeat=ago(-60)) is True  # a clock ahead of ours
+    assert alive(host="other", heartbeat=ago(1), status="completed") is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process start times: /proc")
+def test_on_this_host_the_pid_decides_at_once() -> None:
+    now = datetime.now(timezone.utc)
+    fresh, stale = iso(now), iso(now - timedelta(hours=1))
+    # this test process, which started before the "fresh" heartbeat: alive even when the
+    # heartbeat is late (the run is busy), since its process is there
+    assert rundir.is_alive(
+        {"status": "running", "host": HERE, "pid": os.getpid(), "heartbeat": fresh}
     )
+    # a process that is gone: dead at once, a heartbeat of a second ago notwithstanding
+    gone = {"status": "running", "host": HERE, "pid": dead_pid(), "heartbeat": fresh}
+    assert rundir.is_alive(gone) is False
+    # a live pid that started after the run's last heartbeat is another process reusing it
+    reused = {"status": "running", "host": HERE, "pid": os.getpid(), "heartbeat": stale}
+    assert rundir.is_alive(reused) is False
+    # the same dead pid on another host says nothing: its heartbeat counts
+    assert rundir.is_alive({**gone, "host": "elsewhere"}) is True
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="pids are not checked on Windows")
 def test_running_runs_that_died_are_shown_as_died(tmp_path: Path) -> None:
-    here = socket.gethostname()
-    stale = DIED_AFTER_S + 30
-    running(tmp_path, "a-stale-heartbeat", stale, "elsewhere", 12345)
-    running(tmp_path, "b-stale-heartbeat-live-pid", stale, here, os.getpid())
-    running(tmp_path, "c-fresh-live-pid", 1, here, os.getpid())
-    running(tmp_path, "d-fresh-dead-pid-here", 1, here, dead_pid())
-    running(tmp_path, "e-fresh-dead-pid-elsewhere", 1, "elsewhere", dead_pid())
+    running(tmp_path, "a-stale-heartbeat", STALE, "elsewhere", 12345)
+    running(tmp_path, "b-fresh-heartbeat", 1, "elsewhere", dead_pid())
+    running(tmp_path, "c-fresh-dead-pid-here", 1, HERE, dead_pid())
     status = {r["id"]: r["status"] for r in load_runs(tmp_path)}
     assert status == {
         "a-stale-heartbeat": "died",
-        "b-stale-heartbeat-live-pid": "died",
-        "c-fresh-live-pid": "running",
-        "d-fresh-dead-pid-here": "died",
-        # another host's pid says nothing here: only its heartbeat counts
-        "e-fresh-dead-pid-elsewhere": "running",
+        "b-fresh-heartbeat": "running",
+        "c-fresh-dead-pid-here": "died",
     }
 
 
@@ -301,6 +235,49 @@ def test_running_duration_is_the_time_so_far_and_died_until_the_last_heartbeat(
     assert 299 <= by_id["gone"]["duration"] <= 301  # last heartbeat 5 minutes ago
     raw = json.loads(Path(by_id["gone"]["path"], "run.json").read_text())
     assert raw["status"] == "running"  # derived when read, never written
+
+
+def test_a_died_run_takes_its_last_metrics_and_duration_from_metrics_jsonl(
+    tmp_path: Path,
+) -> None:
+    """run.json holds the metrics of the last heartbeat; the steps after it are in the file."""
+    run = running(
+        tmp_path, "gone", 300, "elsewhere", 1, start_age=600, metrics={"loss": 9.0, "acc": 0.1}
+    )
+    beat = rundir.parse_time(json.loads((run / "run.json").read_text())["heartbeat"])
+    assert beat is not None
+    lines = [
+        {"step": 0, "time": beat - 10, "loss": 9.0, "acc": 0.1, "early": 1.0},
+        {"step": 1, "time": beat + 1, "loss": 0.5},
+        {"step": 2, "time": beat + 2, "loss": 0.25, "lr": 0.01},
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"step": 3, "ti'  # torn by a kill
+    )
+    (record,) = load_runs(tmp_path)
+    assert record["status"] == "died"
+    # `early` was recorded before the heartbeat: run.json did not have it, the tail skips it
+    assert record["metrics"] == {"loss": 0.25, "acc": 0.1, "lr": 0.01}
+    assert record["duration"] == pytest.approx(300 - 600 + 600 + 2, abs=1)  # until step 2
+
+
+def test_metrics_since_reads_only_the_tail_of_a_long_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "metrics.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"step": 0, "time": 0.0, "only_at_the_start": 1.0}) + "\n")
+        for step in range(1, 200_000):
+            f.write(json.dumps({"step": step, "time": float(step), "loss": 1.0 / step}) + "\n")
+    assert path.stat().st_size > 40 * 64 * 1024
+    values, last = metrics_since(path, 199_990.0)
+    assert values == {"loss": 1.0 / 199_999}
+    assert last == 199_999.0
+    # without a time to start from it reads as far back as the limit allows, not the start
+    monkeypatch.setattr(runs, "TAIL_LIMIT_BYTES", 1 << 20)
+    values, _ = metrics_since(path, None)
+    assert "only_at_the_start" not in values
+    assert metrics_since(tmp_path / "missing.jsonl", 0.0) == ({}, None)
 
 
 def test_running_run_without_heartbeat_uses_its_start(tmp_path: Path) -> None:
@@ -391,7 +368,7 @@ def test_filter_on_tag_status_and_experiment(output: Path, tmp_path: Path) -> No
     assert ids(select_runs(records, filters=["status=completed"])) == ["0", "1", "2", "3", "4"]
     assert select_runs(records, filters=["status=failed"]) == []
 
-    running(tmp_path / "other", "r", DIED_AFTER_S + 60, "elsewhere", 1)
+    running(tmp_path / "other", "r", STALE, "elsewhere", 1)
     died = load_runs(tmp_path / "other")
     assert len(select_runs(died, filters=["status=died"])) == 1
     assert select_runs(died, filters=["status=running"]) == []
@@ -472,156 +449,7 @@ def test_differing_params(output: Path) -> None:
     assert differing_params(records) == ["lr", "epochs", "augment", "batch_size", "checkpoint"]
 
 
-def test_differing_params_puts_the_seed_last_and_tells_flags_from_numbers(
-    tmp_path: Path,
-) -> None:
+def test_differing_params_tells_flags_from_numbers(tmp_path: Path) -> None:
     write_run(tmp_path, "t", "a", params={"random_seed": 1, "x": 1, "flag": True, "same": 2.0})
     write_run(tmp_path, "t", "b", params={"random_seed": 2, "x": 2, "flag": 1, "same": 2})
-    assert differing_params(load_runs(tmp_path)) == ["x", "flag", "random_seed"]
-
-
-def test_table_shows_differing_params_and_last_metrics(output: Path) -> None:
-    train = load_runs(output, "train")
-    out = render(train)
-    header = next(line for line in out.splitlines() if "status" in line)
-    assert re.findall(r"\w+", header) == [
-        "id", "status", "duration", "lr", "augment", "loss", "acc",
-    ]  # fmt: skip
-    assert out.startswith("train: 3 runs")
-    assert "experiment" not in out
-    row = next(line for line in out.splitlines() if train[0]["id"] in line)
-    assert re.findall(r"[^│┃ ]+", row) == [
-        train[0]["id"], "completed", "1m30s", "0.01", "true", "0.5", "0.8",
-    ]  # fmt: skip
-    row = next(line for line in out.splitlines() if train[1]["id"] in line)
-    assert re.findall(r"[^│┃ ]+", row)[-2:] == ["0.3", "-"]  # acc missing
-
-
-def test_table_of_several_experiments_has_an_experiment_column(output: Path) -> None:
-    out = render(load_runs(output))
-    assert out.startswith("5 runs")
-    assert "experiment" in out
-    assert "vision.eval" in out
-    assert "checkpoint" in out
-
-
-def test_table_of_one_run_shows_all_its_params(output: Path) -> None:
-    out = render(load_runs(output, "train")[:1])
-    assert out.splitlines()[0].rstrip() == "train: 1 run"
-    assert "epochs" in out and "augment" in out
-
-
-def test_table_shows_died_failed_rank_and_is_not_fooled_by_markup(tmp_path: Path) -> None:
-    running(tmp_path, "r1", DIED_AFTER_S + 60, "elsewhere", 1)
-    write_run(tmp_path, "train", "r2", status="failed", failed_rank=1, params={"n": "[red]x"})
-    write_run(tmp_path, "train", "r3", params={"n": "two\nlines"}, metrics={"a[b]": 1.5})
-    out = render(load_runs(tmp_path))
-    assert "died" in out
-    assert "failed (rank 1)" in out
-    assert "[red]x" in out
-    assert "two lines" in out
-    assert "a[b]" in out
-    assert len([line for line in out.splitlines() if line.startswith("│")]) == 3
-
-
-def test_table_colours_status(tmp_path: Path) -> None:
-    running(tmp_path, "r1", DIED_AFTER_S + 60, "elsewhere", 1)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=120, force_terminal=True, color_system="standard")
-    console.print(runs_table(load_runs(tmp_path)))
-    assert "\x1b[1;31m died" in buffer.getvalue()
-
-
-def test_table_keeps_one_line_per_run_in_a_narrow_terminal(output: Path) -> None:
-    records = load_runs(output)
-    wide = render(records, width=250)
-    assert "not shown" not in wide
-    out = render(records, width=75)
-    lines = out.splitlines()
-    assert max(len(line.rstrip()) for line in lines) <= 75
-    rows = [line for line in lines if line.startswith("│")]
-    assert len(rows) == len(records)
-    assert all(r["id"] in row for r, row in zip(records, rows, strict=True))
-    assert "vision.eval" in out  # fixed columns are never cut
-    # 75 cells hold id, experiment, status, duration and one cut parameter column
-    assert "lr" in out
-    assert "not shown, too wide: epochs, augment, batch_size, checkpoint, loss, acc" in " ".join(
-        line.strip() for line in lines
-    )
-
-
-def test_table_puts_the_seed_after_the_metrics(tmp_path: Path) -> None:
-    write_run(tmp_path, "t", "a", params={"random_seed": 11, "x": 1}, metrics={"loss": 1.0})
-    write_run(tmp_path, "t", "b", params={"random_seed": 22, "x": 2}, metrics={"loss": 2.0})
-    header = next(line for line in render(load_runs(tmp_path)).splitlines() if "id" in line)
-    assert re.findall(r"\w+", header) == ["id", "status", "duration", "x", "loss", "random_seed"]
-
-
-@pytest.mark.parametrize(
-    ("naturals", "minimums", "max_width", "fixed", "widths"),
-    [
-        # fits: 3 columns take 3 * 3 + 1 cells of box and padding
-        ([10, 5, 5], [10, 5, 5], 30, 1, [10, 5, 5]),
-        # too wide: the widest shrinkable column gives way first
-        ([10, 20, 5], [10, 8, 5], 34, 1, [10, 9, 5]),
-        ([10, 20, 12], [10, 8, 8], 40, 1, [10, 10, 10]),
-        ([10, 20, 12], [10, 8, 8], 41, 1, [10, 11, 10]),
-        # minimums do not fit: columns are left out from the right
-        ([10, 20, 12], [10, 8, 8], 30, 1, [10, 13]),
-        ([10, 20, 12], [10, 8, 8], 20, 1, [10]),
-        # never the fixed columns: rich crops those
-        ([30, 20], [30, 8], 20, 1, [30]),
-        ([], [], 10, 0, []),
-    ],
-)
-def test_fit_widths(
-    naturals: list[int], minimums: list[int], max_width: int, fixed: int, widths: list[int]
-) -> None:
-    assert fit_widths(naturals, minimums, max_width, fixed) == widths
-
-
-def test_table_of_no_runs(tmp_path: Path) -> None:
-    assert render([]).startswith("0 runs")
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (None, "-"),
-        (0.04, "0.0s"),
-        (12.34, "12.3s"),
-        (59.96, "60.0s"),
-        (60, "1m00s"),
-        (245.4, "4m05s"),
-        (7380, "2h03m"),
-        (3 * 86400 + 4 * 3600 + 59, "3d04h"),
-    ],
-)
-def test_format_duration(seconds: float | None, text: str) -> None:
-    assert format_duration(seconds) == text
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (0.912345678, "0.91235"),
-        (10.0, "10"),
-        (3, "3"),
-        (123456.7, "123457"),
-        (12345.67, "12346"),
-        (1.5e-05, "1.5e-05"),
-        (2.5e12, "2.5e+12"),
-        (float("nan"), "nan"),
-        (float("-inf"), "-inf"),
-        (True, "true"),
-        ("text", "text"),
-    ],
-)
-def test_format_metric(value: Any, text: str) -> None:
-    assert format_metric(value) == text
-
-
-def test_importing_runs_does_not_import_torch() -> None:
-    code = "import sys, pystematic.runs\nprint('torch' in sys.modules)\n"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert differing_params(load_runs(tmp_path)) == ["random_seed", "x", "flag"]

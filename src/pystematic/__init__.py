@@ -25,7 +25,7 @@ from .seeding import worker_init_fn
 if _TYPE_CHECKING:
     from . import recording as recorder
     from .recording import Recorder
-    from .runs import load_runs
+    from .runs import load_runs, runs_dataframe
 
     # ps.context is the module pystematic.context, which forwards attribute access to
     # the running run's Context: to a type checker it is that Context.
@@ -55,6 +55,7 @@ __all__ = [
     "param_group",
     "parameter",
     "recorder",
+    "runs_dataframe",
     "worker_init_fn",
 ]
 
@@ -84,4 +85,8 @@ def __getattr__(name: str) -> _Any:
         from .runs import load_runs
 
         return load_runs
+    if name == "runs_dataframe":
+        from .runs import runs_dataframe
+
+        return runs_dataframe
     raise AttributeError(f"module 'pystematic' has no attribute {name!r}")

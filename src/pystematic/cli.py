@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -542,7 +543,9 @@ def _rel(path: str, root: Path) -> str:
 
 def runs_command(
     ctx: typer.Context,
-    experiment: Annotated[str | None, typer.Argument(help="Only runs of this experiment.")] = None,
+    experiment: Annotated[
+        str | None, typer.Argument(help="Only runs of this experiment or group.")
+    ] = None,
     sort: Annotated[
         str | None,
         typer.Option(help="Sort by a metric or parameter ('-' first for descending)."),
@@ -552,32 +555,122 @@ def runs_command(
         typer.Option("--filter", help="key=value on params, tags, status (repeatable)."),
     ] = None,
     last: Annotated[int | None, typer.Option(help="Only the newest N runs, then sorted.")] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The columns to show, comma-separated: parameters, metrics, or "
+            "status, duration, start, end, world_size, tags, sweep, error, path."
+        ),
+    ] = None,
+    sweep: Annotated[str | None, typer.Option(help="Only the runs of this sweep.")] = None,
     output_dir: Annotated[
         Path | None, typer.Option(help="Where the runs are (default: config).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> int:
-    """Past runs: status, the parameters that differ, last metrics."""
+    """Past runs: status, duration, the parameters that differ, the last metrics."""
     from . import runs as runs_module
+    from .runs_table import runs_table
 
-    folder = output_dir.resolve() if output_dir else _state(ctx).project().output_dir
+    state = _state(ctx)
+    folder = output_dir.resolve() if output_dir else state.project().output_dir
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", runs_module.CorruptRunWarning)
         records = runs_module.load_runs(folder, experiment)
+        if experiment is not None and not records and "-" in experiment:
+            experiment = experiment.replace("-", "_")  # the CLI's spelling of an id
+            records = runs_module.load_runs(folder, experiment)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    selected = runs_module.select_runs(
-        records, filters=runs_module.parse_filters(filters or []), sort=sort, last=last
-    )
+    if experiment is not None and not records:
+        _check_experiment(experiment, folder, None if output_dir else state)
+    wanted = runs_module.parse_filters(filters or [])
+    if sweep is not None:
+        _check_sweep(sweep, folder, records)
+        wanted.append(("sweep", sweep))
+    selected = runs_module.select_runs(records, filters=wanted, sort=sort, last=last)
+    picked = None
+    if columns is not None:
+        picked = [name.strip() for name in columns.split(",") if name.strip()]
+        if not picked:
+            raise ParameterError(f"--columns {columns!r}: expected names, e.g. lr,loss")
+    view = runs_table(selected, columns=picked, sort=sort)  # checks --columns
     if as_json:
         print(json.dumps(_finite(selected), indent=1, default=str))
-    else:
-        from rich.console import Console
+        return 0
+    from rich.console import Console
 
-        # Piped output is read by people too: don't cut columns at 80.
-        console = Console() if sys.stdout.isatty() else Console(width=200)
-        console.print(runs_module.runs_table(selected))
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        console = Console()
+    else:  # a pipe or a file: every column, whatever the width, and no colour codes
+        console = Console(width=max(view.natural_width, 80))
+    console.print(view)
     return 0
+
+
+def _check_experiment(experiment: str, folder: Path, state: CliState | None) -> None:
+    """An experiment with no runs must exist: in the output dir, else in the project."""
+    from .runs import experiment_ids, experiment_matches
+
+    known = experiment_ids(folder)
+    if any(experiment_matches(name, experiment) for name in known):
+        return
+    note = ""
+    if state is not None:  # the project's own output dir: ask its experiments
+        found = state.discovered(warn=False)
+        ids = list(found.experiments)
+        if any(experiment_matches(name, experiment) for name in ids):
+            return  # declared, not run yet
+        known += ids
+        note = found.failures_note()
+    groups = {name.rsplit(".", 1)[0] for name in known if "." in name}
+    raise UnknownExperimentError(
+        f"unknown experiment {experiment!r}: no runs under {folder}"
+        + ("" if state is None else " and no such experiment in the project")
+        + _did_you_mean(experiment, [*known, *groups])
+        + note
+    )
+
+
+def _check_sweep(sweep: str, folder: Path, records: Sequence[dict[str, Any]]) -> None:
+    """``--sweep ID`` must name a sweep: one that made a listed run, or has a sweep folder."""
+    from glob import escape as glob_escape
+
+    known = {r["sweep"] for r in records if r["sweep"] is not None}
+    if sweep in known or any(folder.glob(f"*/sweeps/{glob_escape(sweep)}")):
+        return
+    known.update(p.name for p in folder.glob("*/sweeps/*") if p.is_dir())
+    raise ParameterError(
+        f"--sweep {sweep}: no such sweep under {folder}" + _did_you_mean(sweep, known)
+    )
+
+
+def diff_command(
+    ctx: typer.Context,
+    run_a: Annotated[str, typer.Argument(help="A run id or run dir.", show_default=False)],
+    run_b: Annotated[str, typer.Argument(help="Another run id or run dir.", show_default=False)],
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where run ids are looked up (default: config).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Why two runs differ: parameters, seeds, code, packages, environment, metrics.
+
+    Exit 0 when their metrics are identical bit for bit (time aside), 1 when not.
+    """
+    from . import diff as diff_module
+
+    def folder() -> Path:
+        return output_dir.resolve() if output_dir else _state(ctx).project().output_dir
+
+    path_a = diff_module.find_run(run_a, folder)
+    path_b = diff_module.find_run(run_b, folder)
+    result = diff_module.diff_runs(path_a, path_b)
+    if as_json:
+        print(json.dumps(_finite(result.to_json()), indent=1, default=str))
+    else:
+        diff_module.print_diff(result)
+    return 0 if result.metrics.identical else 1
 
 
 def _finite(value: Any) -> Any:
@@ -628,6 +721,7 @@ def build_app() -> Any:
 
     app.command("list")(list_command)
     app.command("runs")(runs_command)
+    app.command("diff")(diff_command)
     group = typer.main.get_command(app)
     for kind, help_text in EXPERIMENT_COMMANDS.items():
         group.add_command(  # type: ignore[attr-defined]

@@ -28,8 +28,6 @@ RUN_JSON = "run.json"
 PARAMETERS_TOML = "parameters.toml"
 CHECKPOINT_DIR = "checkpoints"
 HEARTBEAT_SECONDS = 5.0
-#: A run on another host whose heartbeat is older than this has died.
-DIED_AFTER_S = 6 * HEARTBEAT_SECONDS
 # A final status never goes back to a weaker one: a rank that failed outranks
 # the SIGTERM the others received when the launcher stopped them.
 STATUS_RANK = {"running": 0, "completed": 1, "interrupted": 2, "failed": 3}
@@ -254,10 +252,40 @@ class Heartbeat:
             self._thread.join()
 
 
-# ---------------------------------------------------------------- liveness
+# --- is this run alive? (the one rule for `runs`, `--resume` and sweeps) ----------------------
+
+#: A ``running`` run on another host whose last sign of life (heartbeat, else start) is older
+#: than this has died: six missed heartbeats, so a busy disk or a slow network file system
+#: does not kill a live run, while a dead one shows within half a minute.
+DEAD_AFTER_SECONDS = 6 * HEARTBEAT_SECONDS
 
 
-def timestamp(value: Any) -> float | None:
+def is_alive(data: Mapping[str, Any], *, now: float | None = None, host: str | None = None) -> bool:
+    """Whether the run whose run.json holds *data* is still going.
+
+    Only a ``running`` run can be alive. On the host that runs it its pid decides, at once
+    (a pid reused by a later process does not count); on any other host, or without a pid,
+    its last sign of life must be at most :data:`DEAD_AFTER_SECONDS` old. A ``running``
+    run that is not alive is shown as ``died`` (derived when read, never written).
+    """
+    if data.get("status") != "running":
+        return False
+    last = last_sign_of_life(data)
+    pid = data.get("pid")
+    if data.get("host") == (hostname() if host is None else host) and type(pid) is int:
+        return _pid_alive(pid, started_by=last)
+    if last is None:
+        return False
+    return (time.time() if now is None else now) - last <= DEAD_AFTER_SECONDS
+
+
+def last_sign_of_life(data: Mapping[str, Any]) -> float | None:
+    """POSIX time of a run's heartbeat, else its start; None when run.json has neither."""
+    heartbeat = parse_time(data.get("heartbeat"))
+    return heartbeat if heartbeat is not None else parse_time(data.get("start"))
+
+
+def parse_time(value: Any) -> float | None:
     """POSIX time of an ISO-8601 string (naive means UTC); None when absent or unparsable."""
     if not isinstance(value, str):
         return None
@@ -272,31 +300,35 @@ def timestamp(value: Any) -> float | None:
     return moment.timestamp()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (signal 0 sends nothing)."""
+def _pid_alive(pid: int, started_by: float | None) -> bool:
+    """Whether *pid* is a live process of this machine that started by *started_by*."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: checks, sends nothing
     except ProcessLookupError:
         return False
     except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
+        pass
+    started = _process_start_time(pid)
+    # The run wrote its heartbeat from this pid, so its process started before that; one
+    # that started later reuses the pid of a dead run (2 s: the boot time is whole seconds).
+    return started is None or started_by is None or started <= started_by + 2.0
 
 
-def is_alive(data: Mapping[str, Any], *, now: float | None = None, host: str | None = None) -> bool:
-    """The one liveness rule for a ``running`` run.json (``runs``, ``--resume``, sweeps).
-
-    Its heartbeat (refreshed every :data:`HEARTBEAT_SECONDS`) must be younger than
-    :data:`DIED_AFTER_S`, and on this host its process must exist: a run killed
-    outright is dead at once, not half a minute later.
-    """
-    last = timestamp(data.get("heartbeat")) or timestamp(data.get("start"))
-    if last is None or (time.time() if now is None else now) - last > DIED_AFTER_S:
-        return False
-    pid = data.get("pid")
-    here = data.get("host") == (hostname() if host is None else host)
-    if here and isinstance(pid, int) and not isinstance(pid, bool):
-        return pid_alive(pid)
-    return True
+def _process_start_time(pid: int) -> float | None:
+    """POSIX time a process started, from /proc (Linux); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/stat", "rb") as f:
+            boot = next(line for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration):
+        return None
+    # Field 22 (start time in clock ticks since boot) counts from the ")" that ends the name.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        ticks = int(fields[19])
+        return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (IndexError, ValueError, OSError):
+        return None

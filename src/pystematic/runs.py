@@ -1,70 +1,74 @@
-"""Past runs under the output dir: the data behind ``pystematic runs`` and ``ps.load_runs``.
+"""Past runs under the output dir: the data behind ``pystematic runs``, ``ps.load_runs`` and
+``ps.runs_dataframe``.
 
-Only ``<output_dir>/<experiment>/<run-id>/run.json`` is read (one small file a run), so
-listing thousands of runs stays well under a second. This module imports the standard
-library only; rich is imported when a table is built, torch never.
+Only ``<output_dir>/<experiment>/<run-id>/run.json`` is read (one small file a run), plus the
+tail of metrics.jsonl for a run that died, so listing thousands of runs stays well under a
+second. This module imports the standard library only (pandas inside
+:func:`runs_dataframe`); the table is drawn by :mod:`pystematic.runs_table`.
 
-A record is a plain dict (JSON-ready, so ``--json`` prints it as is and
-``pandas.DataFrame(ps.load_runs())`` works) with the keys of :data:`RECORD_KEYS`
-(the contract of ``runs --json``) plus :data:`EXTRA_KEYS`:
+A record is a plain dict (JSON-ready, so ``--json`` prints it as is) with the keys of
+:data:`RECORD_KEYS` (the contract of ``runs --json``) plus :data:`EXTRA_KEYS`:
 
 - ``id``, ``experiment``: from run.json, else the folder names.
 - ``status``: ``running``, ``completed``, ``failed``, ``interrupted`` or ``died``. ``died``
-  is derived here, never written: a ``running`` run whose heartbeat is older than
-  :data:`DIED_AFTER_S`, or whose process is gone on this host.
+  is derived here, never written: a ``running`` run that :func:`pystematic.rundir.is_alive`
+  says is gone.
 - ``start``, ``end``: ISO-8601 UTC strings (``end`` is None until the run ends).
 - ``duration``: seconds; for a run still going, the time so far; for a run that died,
-  the time until its last heartbeat.
+  the time until its last sign of life (heartbeat or last recorded step).
 - ``path``: absolute path of the run dir, as a string.
-- ``params``: parameter name -> value; ``metrics``: scalar tag -> last value.
-- ``tags`` (list of str), ``error``, ``failed_rank``, ``world_size``.
+- ``params``: parameter name -> value; ``metrics``: scalar tag -> last value (for a run that
+  died, read from metrics.jsonl, since run.json's copy is refreshed only with the heartbeat).
+- ``tags`` (list of str), ``error``, ``failed_rank``, ``world_size``, ``sweep`` (the id of
+  the sweep that made the run, or None).
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ParameterError
+from . import rundir
+from .errors import ParameterError, PystematicError, did_you_mean
 
 if TYPE_CHECKING:
-    from rich.console import Console, ConsoleOptions, RenderResult
-    from rich.measure import Measurement
-    from rich.style import Style
-    from rich.table import Table
+    import pandas
 
 RUN_FILE = "run.json"
-#: A ``running`` run whose heartbeat (refreshed every 5 s) is older than this has died.
-DIED_AFTER_S = 30.0
+METRICS_FILE = "metrics.jsonl"
 #: The keys of every record, in ``runs --json`` order (the contract of DESIGN.md section 1).
 RECORD_KEYS = ("id", "experiment", "status", "start", "duration", "path", "params", "metrics")
 #: Further keys every record has.
-EXTRA_KEYS = ("end", "tags", "error", "failed_rank", "world_size")
+EXTRA_KEYS = ("end", "tags", "error", "failed_rank", "world_size", "sweep")
+#: Record keys that ``--sort``, ``--columns`` and ``--filter`` accept besides parameter and
+#: metric names.
+FIELDS = (
+    "id",
+    "experiment",
+    "status",
+    "start",
+    "end",
+    "duration",
+    "world_size",
+    "tags",
+    "sweep",
+    "error",
+    "failed_rank",
+    "path",
+)
 #: ``--filter`` keys that are not parameter names.
-SPECIAL_FILTER_KEYS = ("status", "experiment", "tag")
-#: Record fields ``--sort`` accepts besides metric and parameter names.
-SORTABLE_FIELDS = ("id", "experiment", "status", "start", "end", "duration", "world_size")
-# Differing parameters shown after the others: they differ between almost all runs.
-_LATE_PARAMS = ("random_seed",)
-
-STATUS_STYLES = {
-    "completed": "green",
-    "running": "cyan",
-    "failed": "red",
-    "died": "bold red",
-    "interrupted": "yellow",
-}
+SPECIAL_FILTER_KEYS = ("status", "experiment", "tag", "sweep")
+#: How far back from its end metrics.jsonl of a run that died is read, at most.
+TAIL_LIMIT_BYTES = 16 << 20
+_TAIL_BLOCK = 64 << 10
 
 Filter = str | tuple[str, str]  # "KEY=VALUE" or a parse_filters pair
 
@@ -80,41 +84,57 @@ class _Missing:
         return "<missing>"
 
 
-_MISSING = _Missing()
+MISSING: Any = _Missing()
 
 
 # --- reading ---------------------------------------------------------------------------------
 
 
 def load_runs(
-    output_dir: str | os.PathLike[str] | None = None, experiment: str | None = None
+    output_dir: str | os.PathLike[str] | None = None,
+    experiment: str | None = None,
+    *,
+    sweep: str | None = None,
 ) -> list[dict[str, Any]]:
     """Read every run under *output_dir*, oldest first (by start time, then id).
 
     ``output_dir`` defaults to the project's (``pystematic.project.load_project()``); a
     folder that does not exist holds no runs. ``experiment`` keeps the runs of that
     experiment id, or of every experiment in that group (``vision`` keeps ``vision.fit``
-    and ``vision.eval``). A run dir whose run.json is corrupt is skipped with a
-    :class:`CorruptRunWarning` naming the file; a folder without run.json is not a run
-    (a sweep folder, or a run dir being created) and is skipped quietly.
+    and ``vision.eval``); ``sweep`` keeps the runs of that sweep. A run dir whose run.json
+    is corrupt is skipped with a :class:`CorruptRunWarning` naming the file; a folder
+    without run.json is not a run (a sweep folder, or a run dir being created) and is
+    skipped quietly.
     """
-    if output_dir is None:
-        from .project import load_project
-
-        root = load_project().output_dir
-    else:
-        root = Path(output_dir)
-    root_str = os.path.abspath(root)
+    root = os.path.abspath(_output_dir(output_dir))
     now = time.time()
     host = socket.gethostname()
     records: list[dict[str, Any]] = []
-    for exp_name, exp_path in _experiment_dirs(root_str, experiment):
+    for exp_name, exp_path in _experiment_dirs(root, experiment):
         for run_name, run_path in _subdirs(exp_path):
             record = _read_run(run_path, exp_name, run_name, now, host)
-            if record is not None:
+            if record is not None and (sweep is None or record["sweep"] == sweep):
                 records.append(record)
     records.sort(key=_time_order)
     return records
+
+
+def experiment_ids(output_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """The experiments that have a folder under *output_dir* (runs or not), sorted."""
+    return sorted(name for name, _ in _subdirs(os.path.abspath(_output_dir(output_dir))))
+
+
+def experiment_matches(experiment_id: str, wanted: str) -> bool:
+    """An experiment id matches itself and the groups above it (``vision`` has ``vision.fit``)."""
+    return experiment_id == wanted or experiment_id.startswith(wanted + ".")
+
+
+def _output_dir(output_dir: str | os.PathLike[str] | None) -> Path:
+    if output_dir is not None:
+        return Path(output_dir)
+    from .project import load_project
+
+    return load_project().output_dir
 
 
 def _subdirs(path: str) -> Iterator[tuple[str, str]]:
@@ -137,13 +157,8 @@ def _subdirs(path: str) -> Iterator[tuple[str, str]]:
 
 def _experiment_dirs(root: str, experiment: str | None) -> Iterator[tuple[str, str]]:
     for name, path in _subdirs(root):
-        if experiment is None or _experiment_matches(name, experiment):
+        if experiment is None or experiment_matches(name, experiment):
             yield name, path
-
-
-def _experiment_matches(experiment_id: str, wanted: str) -> bool:
-    """An experiment id matches itself and the groups above it (``vision`` has ``vision.fit``)."""
-    return experiment_id == wanted or experiment_id.startswith(wanted + ".")
 
 
 def _read_run(
@@ -183,15 +198,20 @@ def _read_run(
     duration = raw.get("duration")
     duration = duration if isinstance(duration, (int, float)) else None
     if status == "running":
-        heartbeat = _timestamp(raw.get("heartbeat"))
-        if _has_died(raw, heartbeat, _timestamp(start), now, host):
+        until: float | None = now
+        if not rundir.is_alive(raw, now=now, host=host):
             status = "died"
-        if duration is None:
-            started = _timestamp(start)
-            until = now if status == "running" else heartbeat
-            if started is not None and until is not None:
-                duration = max(0.0, until - started)
+            until = rundir.last_sign_of_life(raw)
+            # run.json has the metrics of the last heartbeat; later steps are in the file.
+            later, last_step = metrics_since(os.path.join(run_dir, METRICS_FILE), until)
+            metrics = {**metrics, **later}
+            if last_step is not None and (until is None or last_step > until):
+                until = last_step
+        started = rundir.parse_time(start)
+        if duration is None and started is not None and until is not None:
+            duration = max(0.0, until - started)
     tags = raw.get("tags")
+    sweep = raw.get("sweep")
     return {
         "id": str(raw.get("id") or run_name),
         "experiment": str(raw.get("experiment") or exp_name),
@@ -206,6 +226,7 @@ def _read_run(
         "error": raw.get("error"),
         "failed_rank": raw.get("failed_rank"),
         "world_size": raw.get("world_size"),
+        "sweep": None if sweep is None else str(sweep),
     }
 
 
@@ -213,53 +234,134 @@ def _skip(path: str, why: str) -> None:
     warnings.warn(f"skipping run {path}: {why}", CorruptRunWarning, stacklevel=4)
 
 
-def _has_died(
-    raw: dict[str, Any], heartbeat: float | None, start: float | None, now: float, host: str
-) -> bool:
-    """The ``died`` rule: heartbeat stale, or the run's process gone from this host."""
-    last_sign = heartbeat if heartbeat is not None else start
-    if last_sign is not None and now - last_sign > DIED_AFTER_S:
-        return True
-    pid = raw.get("pid")
-    if raw.get("host") == host and isinstance(pid, int) and not isinstance(pid, bool):
-        return not _pid_alive(pid)
-    return False
+def metrics_since(
+    path: str | os.PathLike[str], since: float | None
+) -> tuple[dict[str, Any], float | None]:
+    """The last value of each scalar committed at or after *since* in a metrics.jsonl file.
 
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (signal 0 checks, sends nothing)."""
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        # os.kill(pid, 0) terminates the process on Windows: rely on the heartbeat there.
-        return True
+    Returns ``(values, time of the last step)``. Only the end of the file is read: blocks
+    backwards until a step older than *since* (at most :data:`TAIL_LIMIT_BYTES`), so a run
+    that died after a million steps costs no more than one that died after ten. ``since``
+    None reads as far back as that limit. A torn or foreign line is skipped; a missing file
+    gives ``({}, None)``.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError:
+        return {}, None
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        pos, data = end, b""
+        while pos > 0 and end - pos < TAIL_LIMIT_BYTES:
+            size = min(_TAIL_BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            data = f.read(size) + data
+            if since is not None:
+                first = 0 if pos == 0 else data.find(b"\n") + 1
+                stop = data.find(b"\n", first)
+                step_time = _line_time(data[first : stop if stop >= 0 else len(data)])
+                if step_time is not None and step_time < since:
+                    break
+    lines = data.split(b"\n")
+    if pos > 0:
+        lines = lines[1:]  # starts mid-line
+    # Newest first, so only the steps after *since* are parsed, and the first value seen of
+    # a tag is its last.
+    values: dict[str, Any] = {}
+    last: float | None = None
+    for line in reversed(lines):
+        try:
+            step = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(step, dict):
+            continue
+        step_time = step.get("time")
+        if isinstance(step_time, (int, float)):
+            if since is not None and step_time < since:
+                break
+            last = step_time if last is None else max(last, step_time)
+        for key, value in step.items():
+            if key not in ("step", "time"):
+                values.setdefault(key, value)
+    return values, last
 
 
-def _timestamp(value: Any) -> float | None:
-    """POSIX time of an ISO-8601 string (naive means UTC); None when absent or unparsable."""
-    if not isinstance(value, str):
-        return None
-    if value.endswith("Z"):  # fromisoformat accepts "Z" from Python 3.11 only
-        value = value[:-1] + "+00:00"
+def _line_time(line: bytes) -> float | None:
     try:
-        moment = datetime.fromisoformat(value)
+        step = json.loads(line)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    value = step.get("time") if isinstance(step, dict) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def _time_order(record: dict[str, Any]) -> tuple[str, str]:
     # ISO-8601 UTC strings of one format sort as text; run ids break ties.
     return (record["start"] or "", record["id"])
+
+
+# --- naming what a run has -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """A value every record may have: a ``metric``, a ``param`` or a record ``field``."""
+
+    kind: str
+    name: str
+
+    def get(self, record: dict[str, Any]) -> Any:
+        """The record's value, or :data:`MISSING`."""
+        if self.kind == "metric":
+            return record["metrics"].get(self.name, MISSING)
+        if self.kind == "param":
+            return record["params"].get(self.name, MISSING)
+        return record.get(self.name, MISSING)
+
+
+def resolve_field(name: str, records: Sequence[dict[str, Any]], option: str) -> Field:
+    """What *name* refers to in *records*: a metric, else a parameter, else a record field.
+
+    ``params.NAME`` and ``metrics.NAME`` (the DataFrame's column names) say which; a
+    parameter may be spelled as on the CLI (``batch-size``). With no records every name is
+    taken for a metric. Anything else is a :class:`ParameterError` naming *option*, with a
+    "did you mean".
+    """
+    if name.startswith("metrics.") and _has_metric(name[8:], records):
+        return Field("metric", name[8:])
+    if name.startswith("params."):
+        param = _param_name(name[7:], records)
+        if param is not None:
+            return Field("param", param)
+    if not records or _has_metric(name, records):
+        return Field("metric", name)
+    param = _param_name(name, records)
+    if param is not None:
+        return Field("param", param)
+    if name in FIELDS:
+        return Field("field", name)
+    metrics = {m for r in records for m in r["metrics"]}
+    params = {p for r in records for p in r["params"]}
+    raise ParameterError(
+        f"{option} {name}: no listed run has a metric or parameter {name!r}"
+        + did_you_mean(name, [*metrics, *params, *FIELDS])
+    )
+
+
+def _has_metric(name: str, records: Sequence[dict[str, Any]]) -> bool:
+    return any(name in r["metrics"] for r in records)
+
+
+def _param_name(key: str, records: Sequence[dict[str, Any]]) -> str | None:
+    """The parameter name *key* refers to (CLI spelling accepted), or None; no runs: key itself."""
+    if not records:
+        return key
+    for name in (key, key.replace("-", "_")):
+        if any(name in r["params"] for r in records):
+            return name
+    return None
 
 
 # --- selecting -------------------------------------------------------------------------------
@@ -290,15 +392,16 @@ def select_runs(
     """Filter, keep the latest *last*, then sort; the records themselves are not copied.
 
     - ``filters``: ``KEY=VALUE`` strings or parsed pairs. Keys are ``status``,
-      ``experiment`` (the id or a group above it), ``tag`` or a parameter name (``-`` and
-      ``_`` alike). Values are compared as text (see :func:`value_matches`). Filters on one
-      key are alternatives (``status=failed status=died``); filters on different keys must
-      all hold. A parameter no run has is an error, with a "did you mean".
+      ``experiment`` (the id or a group above it), ``tag``, ``sweep`` or a parameter name
+      (``-`` and ``_`` alike). Values are compared as text (see :func:`value_matches`).
+      Filters on one key are alternatives (``status=failed status=died``); filters on
+      different keys must all hold. A parameter no run has is an error, with a "did you
+      mean".
     - ``last``: keep the N most recent of the runs that pass (by start time), before
       sorting, so ``--sort loss --last 5`` ranks the latest five runs.
-    - ``sort``: a metric, else a parameter, else a record field (:data:`SORTABLE_FIELDS`),
-      ascending; a leading ``-`` sorts descending. Runs without a value (or NaN) come last
-      either way, in time order. Without ``sort`` the runs stay oldest first.
+    - ``sort``: a name :func:`resolve_field` knows, ascending; a leading ``-`` sorts
+      descending. Runs without a value (or NaN) come last either way, in time order.
+      Without ``sort`` the runs stay oldest first.
     """
     if last is not None and last < 0:
         raise ParameterError(f"--last {last}: expected a number of runs, 0 or more")
@@ -309,6 +412,11 @@ def select_runs(
     if sort:
         selected = _sorted_by(selected, sort, records)
     return selected
+
+
+def sort_field(sort: str, records: Sequence[dict[str, Any]]) -> Field:
+    """The field a ``--sort`` value (``NAME`` or ``-NAME``) sorts by."""
+    return resolve_field(sort.removeprefix("-"), records, "--sort")
 
 
 def value_matches(value: Any, wanted: str) -> bool:
@@ -350,11 +458,11 @@ def _apply_filters(
     def keep(record: dict[str, Any]) -> bool:
         for key, values in wanted.items():
             if key == "experiment":
-                if not any(_experiment_matches(record["experiment"], v) for v in values):
+                if not any(experiment_matches(record["experiment"], v) for v in values):
                     return False
                 continue
             value = getters[key](record)
-            if value is _MISSING or not any(value_matches(value, v) for v in values):
+            if value is MISSING or not any(value_matches(value, v) for v in values):
                 return False
         return True
 
@@ -362,47 +470,29 @@ def _apply_filters(
 
 
 def _filter_getter(key: str, records: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
-    if key == "status":
-        return lambda r: r["status"]
+    if key in ("status", "experiment", "sweep"):
+        return lambda r: r[key]
     if key in ("tag", "tags"):
         return lambda r: r["tags"]
-    if key == "experiment":
-        return lambda r: r["experiment"]
     name = _param_name(key, records)
     if name is None:
         known = sorted({p for r in records for p in r["params"]})
         raise ParameterError(
             f"--filter {key}=...: no listed run has a parameter {key!r}"
-            + _did_you_mean(key, [*SPECIAL_FILTER_KEYS, *known])
+            + did_you_mean(key, [*SPECIAL_FILTER_KEYS, *known])
         )
-    return lambda r: r["params"].get(name, _MISSING)
-
-
-def _param_name(key: str, records: Sequence[dict[str, Any]]) -> str | None:
-    """The parameter name *key* refers to (CLI spelling accepted), or None; no runs: key itself."""
-    if not records:
-        return key
-    for name in (key, key.replace("-", "_")):
-        if any(name in r["params"] for r in records):
-            return name
-    return None
-
-
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return lambda r: r["params"].get(name, MISSING)
 
 
 def _sorted_by(
     selected: list[dict[str, Any]], sort: str, records: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     descending = sort.startswith("-")
-    name = sort[1:] if descending else sort
-    get = _sort_getter(name, records)
+    field = sort_field(sort, records)
     present: list[tuple[tuple[int, float, str], dict[str, Any]]] = []
     missing = []
     for record in selected:
-        key = _sort_key(get(record))
+        key = _sort_key(field.get(record))
         if key is None:
             missing.append(record)
         else:
@@ -412,25 +502,9 @@ def _sorted_by(
     return [record for _, record in present] + missing
 
 
-def _sort_getter(name: str, records: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
-    if not records or any(name in r["metrics"] for r in records):
-        return lambda r: r["metrics"].get(name)
-    param = _param_name(name, records)
-    if param is not None:
-        return lambda r: r["params"].get(param)
-    if name in SORTABLE_FIELDS:
-        return lambda r: r[name]
-    metrics = {m for r in records for m in r["metrics"]}
-    params = {p for r in records for p in r["params"]}
-    raise ParameterError(
-        f"--sort {name}: no listed run has a metric or parameter {name!r}"
-        + _did_you_mean(name, [*metrics, *params, *SORTABLE_FIELDS])
-    )
-
-
 def _sort_key(value: Any) -> tuple[int, float, str] | None:
     """Numbers before text before anything else; None for a value to put last."""
-    if value is None or value is _MISSING:
+    if value is None or value is MISSING:
         return None
     if isinstance(value, (int, float)):
         number = float(value)
@@ -443,277 +517,63 @@ def _sort_key(value: Any) -> tuple[int, float, str] | None:
 def differing_params(records: Sequence[dict[str, Any]]) -> list[str]:
     """Parameter names whose values are not the same in all *records* (absent counts as a value).
 
-    In order of first appearance, ``random_seed`` last. One record or none: nothing differs.
+    In order of first appearance. One record or none: nothing differs.
     """
     names: dict[str, None] = {}
     for record in records:
         names.update(dict.fromkeys(record["params"]))
     differing = []
     for name in names:
-        first = records[0]["params"].get(name, _MISSING)
-        if any(not _same(r["params"].get(name, _MISSING), first) for r in records[1:]):
+        first = records[0]["params"].get(name, MISSING)
+        if any(not same_value(r["params"].get(name, MISSING), first) for r in records[1:]):
             differing.append(name)
-    late = [n for n in differing if n in _LATE_PARAMS]
-    return [n for n in differing if n not in _LATE_PARAMS] + late
+    return differing
 
 
-def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python; a flag and a number are not the same parameter value.
+def same_value(a: Any, b: Any) -> bool:
+    """Equal parameter values; a flag and a number are not the same value (``True == 1``)."""
     return a is b or (isinstance(a, bool) == isinstance(b, bool) and a == b)
 
 
-# --- showing ---------------------------------------------------------------------------------
+# --- as a DataFrame --------------------------------------------------------------------------
+
+#: The first columns of :func:`runs_dataframe`, before ``params.*`` and ``metrics.*``.
+DATAFRAME_COLUMNS = ("id", "experiment", "status", "start", "end", "duration", "path", "tags")
 
 
-def runs_table(records: Sequence[dict[str, Any]]) -> Table:
-    """A rich table of *records*: id, experiment, status, duration, params, last metrics.
+def runs_dataframe(
+    output_dir: str | os.PathLike[str] | None = None,
+    experiment: str | None = None,
+    sweep: str | None = None,
+) -> pandas.DataFrame:
+    """The runs of :func:`load_runs` as a pandas DataFrame, one row per run, oldest first.
 
-    Parameter columns are those that differ between the records (all of them when there is
-    one record), then the metrics, then ``random_seed``; the experiment column is left out
-    when all records share one experiment (it is in the title then). Values are plain text,
-    never read as markup, and every run keeps one line: when the table is wider than the
-    terminal, the widest parameter and metric columns are cut (with an ellipsis) first,
-    then columns are left out from the right and named in the caption.
-
-    For speed the table has a single row whose cells hold one line per run, and it lays out
-    its columns itself when printed: rich measures and wraps each cell on its own at about
-    60 µs a cell, so 2,000 runs x 16 columns took 2 s to print that way.
+    Columns: :data:`DATAFRAME_COLUMNS`, then ``params.<name>`` and ``metrics.<tag>`` (the
+    names MLflow's ``search_runs()`` gives them), so
+    ``df.sort_values("metrics.val/acc")`` works. ``start`` and ``end`` are UTC timestamps
+    (``NaT`` while a run goes), ``duration`` float seconds, ``tags`` a list of str; a
+    parameter or metric a run does not have is NaN. Needs the ``pandas`` extra.
     """
-    experiments = {r["experiment"] for r in records}
-    one_experiment = next(iter(experiments)) if len(experiments) == 1 else None
-    params = list(records[0]["params"]) if len(records) == 1 else differing_params(records)
-    metric_names: dict[str, None] = {}
-    for record in records:
-        metric_names.update(dict.fromkeys(record["metrics"]))
-
-    columns = [_Column("id", [(r["id"], "bold") for r in records], fixed=True)]
-    if one_experiment is None:
-        columns.append(_Column("experiment", [(r["experiment"], "") for r in records], fixed=True))
-    columns.append(_Column("status", [_status_cell(r) for r in records], fixed=True))
-    durations = [(format_duration(r["duration"]), "") for r in records]
-    columns.append(_Column("duration", durations, fixed=True, right=True))
-    for name in params:
-        if name not in _LATE_PARAMS:
-            cells = [_value_cell(r["params"], name, format_value, "cyan") for r in records]
-            columns.append(_Column(name, cells))
-    for name in metric_names:
-        cells = [_value_cell(r["metrics"], name, format_metric, "magenta") for r in records]
-        columns.append(_Column(name, cells, right=True))
-    for name in params:  # the seed last: the first column left out when space runs short
-        if name in _LATE_PARAMS:
-            cells = [_value_cell(r["params"], name, format_value, "cyan") for r in records]
-            columns.append(_Column(name, cells))
-
-    count = f"{len(records)} run{'' if len(records) == 1 else 's'}"
-    title = f"{one_experiment}: {count}" if one_experiment else count
-    return _table_class()(columns, has_rows=bool(records), title=title)
-
-
-#: Narrowest a parameter or metric column gets before columns are left out.
-MIN_COLUMN_WIDTH = 8
-
-
-class _Column:
-    """One column of the runs table: its header and one line of text per run."""
-
-    def __init__(
-        self, header: str, cells: list[tuple[str, str]], fixed: bool = False, right: bool = False
-    ) -> None:
-        from rich.cells import cell_len
-        from rich.control import strip_control_codes
-
-        self.header = header
-        # A value stays on one line whatever it holds, so the runs stay aligned.
-        self.cells = [
-            (strip_control_codes(text.replace("\n", " ")), style) for text, style in cells
-        ]
-        self.fixed = fixed  # id, experiment, status, duration: never cut
-        self.right = right
-        self.width = max((_cells(t, cell_len) for t, _ in self.cells), default=0)
-        self.width = max(self.width, _cells(header, cell_len))
-        self.minimum = self.width if fixed else min(self.width, MIN_COLUMN_WIDTH)
-
-    def fit(self, text: str, width: int) -> str:
-        """*text* cut (with an ellipsis) or padded to *width* cells, plus a space either side."""
-        from rich.cells import cell_len, set_cell_size
-
-        size = _cells(text, cell_len)
-        if size > width:
-            text = set_cell_size(text, width - 1) + "…" if width > 1 else "…"[:width]
-        elif size < width:
-            pad = " " * (width - size)
-            text = pad + text if self.right else text + pad
-        return f" {text} "
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        """One ready segment per line, padding included (see RunsTable)."""
-        from rich.segment import Segment
-
-        width = options.max_width - 2
-        newline = Segment.line()
-        styles: dict[str, Style | None] = {"": None}
-        for text, style_name in self.cells:
-            if style_name not in styles:
-                styles[style_name] = console.get_style(style_name)
-            yield Segment(self.fit(text, width), styles[style_name])
-            yield newline
-
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        from rich.measure import Measurement
-
-        return Measurement(self.minimum, self.width)
-
-
-def _cells(text: str, cell_len: Callable[[str], int]) -> int:
-    """Terminal cells *text* takes (wide characters take two)."""
-    return len(text) if text.isascii() else cell_len(text)
-
-
-def fit_widths(
-    naturals: Sequence[int], minimums: Sequence[int], max_width: int, fixed: int = 0
-) -> list[int]:
-    """Column widths (content only) for a table of at most *max_width* cells, boxed and padded.
-
-    Columns shrink widest first, each down to its minimum. When even the minimums do not
-    fit, columns are left out from the right (the result is shorter), but never the first
-    *fixed* ones: when those alone do not fit, rich crops the table at the terminal's edge.
-    """
-    keep = len(naturals)
-    while True:
-        budget = max_width - (3 * keep + 1)  # "│ " + " " around each, "│" at the end
-        wanted, least = list(naturals[:keep]), list(minimums[:keep])
-        if sum(wanted) <= budget:
-            return wanted
-        if sum(least) <= budget:
-            return _water_level(wanted, least, budget)
-        if keep <= fixed:
-            return wanted
-        keep -= 1
-
-
-def _water_level(wanted: list[int], least: list[int], budget: int) -> list[int]:
-    """Cap every column at one level, as high as fits, then give the spare cells out."""
-
-    def widths(level: int) -> list[int]:
-        return [max(low, min(want, level)) for want, low in zip(wanted, least, strict=True)]
-
-    low, high = 0, max(wanted)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if sum(widths(mid)) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    result = widths(low)
-    spare = budget - sum(result)
-    for i, want in enumerate(wanted):
-        if spare and result[i] < want:
-            result[i] += 1
-            spare -= 1
-    return result
-
-
-@functools.cache
-def _table_class() -> Callable[..., Table]:
-    """The runs table type, made on first use so that importing this module skips rich."""
-    from rich.table import Table
-    from rich.text import Text
-
-    class RunsTable(Table):
-        """A Table of one multi-line row that picks its column widths when printed."""
-
-        def __init__(self, columns: list[_Column], *, has_rows: bool, title: str) -> None:
-            super().__init__(title=title, title_justify="left", header_style="bold")
-            self.run_columns = columns
-            for column in columns:
-                self.add_column(Text(column.header), justify="right" if column.right else "left")
-            if has_rows:
-                self.add_row(*columns)
-
-        def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-            columns = self.run_columns
-            widths = fit_widths(
-                [c.width for c in columns],
-                [c.minimum for c in columns],
-                options.max_width,
-                fixed=sum(c.fixed for c in columns),
-            )
-            left_out = [c.header for c in columns[len(widths) :]]
-            caption = f"not shown, too wide: {', '.join(left_out)}" if left_out else None
-            # The columns pad their own lines: rich's padding would render every line again.
-            table = Table(
-                title=self.title,
-                title_justify=self.title_justify,
-                header_style=self.header_style,
-                caption=caption,
-                caption_justify="left",
-                padding=0,
-            )
-            for column, width in zip(columns, widths, strict=False):  # widths may be fewer
-                table.add_column(
-                    Text(column.fit(column.header, width)), width=width + 2, no_wrap=True
-                )
-            if self.rows:
-                table.add_row(*columns[: len(widths)])
-            yield table
-
-    return RunsTable
-
-
-def _value_cell(
-    values: dict[str, Any], name: str, fmt: Callable[[Any], str], style: str
-) -> tuple[str, str]:
-    value = values.get(name, _MISSING)
-    return ("-", "dim") if value is _MISSING else (fmt(value), style)
-
-
-def _status_cell(record: dict[str, Any]) -> tuple[str, str]:
-    status = record["status"]
-    label = status
-    if status == "failed" and record.get("failed_rank") is not None:
-        label = f"failed (rank {record['failed_rank']})"
-    return label, STATUS_STYLES.get(status, "")
-
-
-def format_duration(seconds: float | None) -> str:
-    """Human-readable duration: ``12.3s``, ``4m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    minutes, secs = divmod(whole, 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s"
-
-
-def format_value(value: Any) -> str:
-    """A parameter value as on the CLI: exact numbers, ``true``/``false``, lists joined by ``,``."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_value(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def format_metric(value: Any) -> str:
-    """A scalar in 5 significant digits: ``0.91234``, ``123457``, ``1.5e-05``, ``10``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return format_value(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value == int(value) and abs(value) < 1e9:
-        return str(int(value))
-    magnitude = abs(value)
-    if 1e5 <= magnitude < 1e9:
-        return f"{value:.0f}"
-    return f"{value:.5g}"
+    try:
+        import pandas as pd
+    except ImportError:
+        raise PystematicError(
+            "runs_dataframe() needs pandas: pip install 'pystematic[pandas]'"
+        ) from None
+    records = load_runs(output_dir, experiment, sweep=sweep)
+    columns: dict[str, list[Any]] = {name: [] for name in DATAFRAME_COLUMNS}
+    for key in ("id", "experiment", "status", "start", "end", "path", "tags"):
+        columns[key] = [r[key] for r in records]
+    columns["duration"] = [math.nan if r["duration"] is None else r["duration"] for r in records]
+    for prefix, key in (("params.", "params"), ("metrics.", "metrics")):
+        names: dict[str, None] = {}
+        for record in records:
+            names.update(dict.fromkeys(record[key]))
+        for name in names:
+            values = [r[key].get(name, math.nan) for r in records]
+            columns[prefix + name] = [math.nan if v is None else v for v in values]
+    frame = pd.DataFrame(columns)
+    for key in ("start", "end"):
+        frame[key] = pd.to_datetime(frame[key], utc=True, format="ISO8601")
+    frame["duration"] = frame["duration"].astype("float64")
+    return frame
