@@ -8,6 +8,7 @@ run that is not alive) before the old run's record is touched.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,28 @@ from .discovery import ExperimentInfo, cache_dir
 from .errors import ParameterError, RunDirError, did_you_mean
 from .metadata import GitProbe, PackagesProbe, environment_info, write_git_diff
 from .project import Project
+
+#: Extra run.json fields for the run this process starts (a JSON object), set by the
+#: commands that start runs in child processes (``sweep``: ``{"sweep": ID}``,
+#: ``reproduce``: ``{"reproduces": ID}``). Read once and removed, so runs started by
+#: the run itself do not inherit it.
+RUN_FIELDS_ENV = "PYSTEMATIC_RUN_FIELDS"
+
+
+def fields_from_environment() -> dict[str, Any]:
+    """The run.json fields a parent command handed down in :data:`RUN_FIELDS_ENV`."""
+    import json
+
+    text = os.environ.pop(RUN_FIELDS_ENV, None)
+    if not text:
+        return {}
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise ParameterError(f"{RUN_FIELDS_ENV} must hold a JSON object, got {text!r}")
+    return fields
 
 
 @dataclass
@@ -104,7 +127,7 @@ def start_run(
     check_backends(values.get("recorder") or project.recorder)
     if values.get("random_seed") is None:
         values["random_seed"] = snapshot["random_seed"] = seeding.draw_seed()
-    extra = dict(fields or {})
+    extra = {**fields_from_environment(), **(fields or {})}
     if values.get("resume") is not None:
         run_dir = resume_target(Path(values["resume"]))
         rundir.note_resume(run_dir, snapshot, list(argv))
