@@ -151,6 +151,39 @@ def test_checkpoint_after_the_loop_resumes_past_it(contexts: Any) -> None:
     assert list(second.loop(3)) == []
 
 
+def _train_then_eval(ctx: Any, stop: tuple[str, int, int] | None) -> list[tuple[str, int, int]]:
+    """Epochs of a train loop then an eval loop (same depth, same function); with ``stop``,
+    a checkpoint is saved at that point and the run ends there."""
+    seen = []
+    for epoch in ctx.loop(3):
+        for batch in ctx.loop(3):
+            seen.append(("train", epoch, batch))
+            if stop == ("train", epoch, batch):
+                ctx.save_checkpoint({})
+                return seen
+        for batch in ctx.loop(2):
+            seen.append(("eval", epoch, batch))
+            if stop == ("eval", epoch, batch):
+                ctx.save_checkpoint({})
+                return seen
+    return seen
+
+
+@pytest.mark.parametrize("stop", [("train", 1, 1), ("eval", 1, 0)])
+def test_train_then_eval_loops_resume_in_the_right_one(
+    contexts: Any, stop: tuple[str, int, int]
+) -> None:
+    """Two loops at the same depth are told apart by their order: a checkpoint saved in the
+    eval loop resumes there, without repeating that epoch's train loop, and vice versa."""
+    everything = _train_then_eval(contexts("straight"), None)
+    first = contexts("first")
+    before = _train_then_eval(first, stop)
+    second = contexts("second", resume_from=first.output_dir)
+    second.load_checkpoint()
+    after = _train_then_eval(second, None)
+    assert before + after == everything
+
+
 def test_loops_one_after_another_each_run_fully(contexts: Any) -> None:
     ctx = contexts()
     assert list(ctx.loop(3)) == [0, 1, 2]

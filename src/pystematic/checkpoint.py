@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,11 @@ def load_latest(where: Path) -> tuple[Path, Any]:
 
 def unwrap(module: Any) -> Any:
     """The plain module under a DDP wrapper, so state dicts have no ``module.`` prefix."""
-    return (
-        getattr(module, "module", module)
-        if type(module).__name__ == "DistributedDataParallel"
-        else module
-    )
+    if "torch.nn.parallel" not in sys.modules:
+        return module  # nothing can be wrapped in DDP before torch's DDP is imported
+    from .ddp import unwrap as unwrap_ddp
+
+    return unwrap_ddp(module)
 
 
 def state_of(objects: dict[str, Any]) -> dict[str, Any]:

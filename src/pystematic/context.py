@@ -45,7 +45,7 @@ class Counter:
         return self.value
 
 
-@dataclass
+@dataclass(eq=False)  # frames are told apart by identity: two may hold equal values
 class _Loop:
     """One running ``context.loop``: where it was called, its order among its siblings,
     its current iteration and how many loops inside that iteration have finished."""
@@ -108,7 +108,10 @@ class Context:
         self._loops: list[_Loop] = [_Loop(site=None, ordinal=0)]  # a root holds the top level
         self._resume: _Resume | None = None
         self._tracked: dict[str, Any] = {}
-        self._samplers: list[Any] = []
+        # Loaders and samplers made here, in order: their (seed, epoch) go into checkpoints.
+        self._epoch_objects: list[Any] = []
+        self._restored_epochs: list[dict[str, Any]] = []
+        self._seed_warning_given = False
         self._resume_from = resume_from
 
     # ------------------------------------------------------------ seeds
@@ -136,8 +139,17 @@ class Context:
         import torch.distributed as dist
 
         dist.barrier()
+        self.check_seeds()
+
+    def check_seeds(self) -> None:
+        """Warn, once per run and on rank 0 only, when the ranks drew different seeds.
+
+        Called by every rank (it gathers each rank's ``new_seed`` calls): at ``barrier()``
+        and when main returns.
+        """
         problem = self.seed_problems()
-        if problem:
+        if problem and self.is_master and not self._seed_warning_given:
+            self._seed_warning_given = True
             self.logger.warning(problem)
 
     def broadcast(self, value: Any) -> Any:
@@ -164,63 +176,138 @@ class Context:
         return moved[0] if len(moved) == 1 else moved
 
     def ddp(self, model: Any, **kwargs: Any) -> Any:
-        """Move to this rank's device and wrap in DDP when distributed; else just move."""
+        """The model on this rank's device; in a distributed run wrapped for DDP.
+
+        The wrapper (:class:`pystematic.ddp.DistributedModel`) is still the model for
+        everything but ``forward``: its methods, attributes and plain ``state_dict()``.
+        A module without trainable parameters is only moved (DDP would raise); one that is
+        already DDP is returned as it is. ``kwargs`` go to DDP.
+        """
         model = model.to(self.device)
         if not self.is_distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
+        from .ddp import DistributedModel, wants_ddp
+
+        if isinstance(model, DistributedDataParallel) or not wants_ddp(model):
+            return model
         if self.device is not None and getattr(self.device, "type", "cpu") == "cuda":
             kwargs.setdefault("device_ids", [self.device.index])
-        return DistributedDataParallel(model, **kwargs)
+        return DistributedModel(model, **kwargs)
 
-    def distributed_sampler(self, dataset: Any, shuffle: bool = True) -> Any:
-        """A sampler that partitions the data across ranks; ``loop`` calls ``set_epoch``."""
-        if self.is_distributed:
-            from torch.utils.data.distributed import DistributedSampler
+    def distributed_sampler(
+        self, dataset: Any, shuffle: bool = True, drop_last: bool = False
+    ) -> Any:
+        """A sampler that splits each epoch's seeded permutation among the ranks.
 
-            sampler: Any = DistributedSampler(
-                dataset,
-                num_replicas=self.world_size,
-                rank=self.rank,
-                shuffle=shuffle,
-                seed=self.new_seed("distributed_sampler"),
-            )
-            self._samplers.append(sampler)
-            return sampler
-        from torch.utils.data import RandomSampler, SequentialSampler
-
-        if not shuffle:
-            return SequentialSampler(dataset)
-        import torch
-
-        generator = torch.Generator()
-        generator.manual_seed(self.new_seed("sampler"))
-        return RandomSampler(dataset, generator=generator)
-
-    def dataloader(self, dataset: Any, **kwargs: Any) -> Any:
-        """``torch.utils.data.DataLoader`` with reproducible, rank-mixed worker seeds.
-
-        A ``worker_init_fn`` of your own runs after the seeding.
+        The same sampler in every mode (one rank: the whole permutation). Every pass over
+        it is a new epoch (a new permutation), with or without ``set_epoch``; its epoch is
+        kept in checkpoints. Prefer ``context.dataloader(dataset, shuffle=True)``, which
+        makes one itself.
         """
-        from torch.utils.data import DataLoader
+        from .data import EpochSampler
+
+        seed, state = self._epoch_seed("distributed_sampler")
+        sampler = EpochSampler(
+            dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        if state is not None:
+            sampler.load_state_dict(state)
+        self._epoch_objects.append(sampler)
+        return sampler
+
+    def dataloader(
+        self,
+        dataset: Any,
+        *,
+        shuffle: bool = False,
+        shard: bool = True,
+        drop_last: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """A ``torch.utils.data.DataLoader`` that behaves the same under ``run`` and
+        ``distributed``.
+
+        - In a distributed run each rank gets its share of the data (a sampler that
+          splits one permutation among the ranks), unless a ``sampler``/``batch_sampler``
+          is given or ``shard=False`` (every rank then sees all of it).
+        - ``shuffle=True``: every pass over the loader is a new epoch with a new
+          permutation drawn from the run's seed, inside or outside ``context.loop``.
+        - ``drop_last``: as in torch, for batches; in a distributed run also for the
+          split: ``False`` repeats a few samples so every rank gets as many, ``True``
+          leaves the last ``len % world_size`` of the epoch's permutation out.
+        - DataLoader workers are seeded from the seed, the epoch, the worker id and the
+          rank; a ``worker_init_fn`` of your own runs after that.
+
+        The loader's epoch is saved in checkpoints and restored by ``load_checkpoint()``,
+        whether the loader is made before or after that call.
+        """
+        from torch.utils.data import IterableDataset
+
+        from .data import EpochLoader, EpochSampler
 
         kwargs["worker_init_fn"] = seeding.chain_worker_init_fn(kwargs.get("worker_init_fn"))
-        if "generator" not in kwargs and "sampler" not in kwargs:
+        seed, state = self._epoch_seed("dataloader")
+        own_sampler = (
+            kwargs.get("sampler") is None
+            and kwargs.get("batch_sampler") is None
+            and not isinstance(dataset, IterableDataset)
+        )
+        if own_sampler:
+            sharded = shard and self.is_distributed
+            kwargs["sampler"] = EpochSampler(
+                dataset,
+                num_replicas=self.world_size if sharded else 1,
+                rank=self.rank if sharded else 0,
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=drop_last,
+            )
+        elif shuffle:
+            kwargs["shuffle"] = shuffle  # torch says what it thinks of it with a sampler
+        if kwargs.get("batch_sampler") is None or drop_last:
+            kwargs["drop_last"] = drop_last
+        owns_generator = kwargs.get("generator") is None
+        if owns_generator:
             import torch
 
-            generator = torch.Generator()
-            generator.manual_seed(self.new_seed("dataloader"))
-            kwargs["generator"] = generator
-        return DataLoader(dataset, **kwargs)
+            kwargs["generator"] = torch.Generator()
+        loader = EpochLoader(
+            dataset,
+            seed=seed,
+            owns_generator=owns_generator,
+            owns_sampler=own_sampler,
+            **kwargs,
+        )
+        if state is not None:
+            loader.load_state_dict(state)
+        self._epoch_objects.append(loader)
+        return loader
+
+    def _epoch_seed(self, purpose: str) -> tuple[int, dict[str, Any] | None]:
+        """The seed of the next loader or sampler, and its state when a checkpoint restored
+        one for it already (then no seed is drawn: the restored seed chain counts it)."""
+        index = len(self._epoch_objects)
+        if index < len(self._restored_epochs):
+            state = self._restored_epochs[index]
+            return int(state["seed"]), state
+        return self.new_seed(purpose), None
 
     # ------------------------------------------------------------ training state
 
     def track(self, **objects: Any) -> Any:
         """Register the training state; modules move to the device (and DDP when distributed)."""
+        from torch import nn
+
         out = []
         for name, obj in objects.items():
-            if hasattr(obj, "parameters") and hasattr(obj, "to"):
+            if isinstance(obj, nn.Module):
                 obj = self.ddp(obj)
             self._tracked[name] = obj
             out.append(obj)
@@ -253,12 +340,11 @@ class Context:
                     self._resume = None  # past the resumed iteration: inner loops start fresh
                 first = False
                 frame.position, frame.inner_done = i, 0
-                if depth == 0:
-                    for sampler in self._samplers:
-                        sampler.set_epoch(i)
                 yield i
         finally:
-            self._loops.remove(frame)
+            # Loops left by a ``return`` close when they are collected, outer ones possibly
+            # first: take this one out wherever it is.
+            self._loops = [f for f in self._loops if f is not frame]
             parent.inner_done += 1
 
     def _resume_start(self, frame: _Loop, depth: int) -> tuple[int, bool]:
@@ -333,6 +419,7 @@ class Context:
                     "global_step": self.recorder.global_step,
                     "loops": self._loop_state(),
                     "seed_chain": self._chain.state_dict(),
+                    "loaders": [obj.state_dict() for obj in self._epoch_objects],
                     "ranks": ranks,
                     **own_rng,
                 },
@@ -378,6 +465,9 @@ class Context:
         self._resume = _resume_state(own.get("loops"))
         if "seed_chain" in own:
             self._chain.load_state_dict(own["seed_chain"])
+        self._restored_epochs = [dict(state) for state in own.get("loaders") or []]
+        for obj, state in zip(self._epoch_objects, self._restored_epochs, strict=False):
+            obj.load_state_dict(state)
         ranks = own.get("ranks") or []
         mine = ranks[self.rank] if self.rank < len(ranks) else own
         if mine.get("rng") is not None:

@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
+from typing import Any
 
 from pystematic.errors import DistributedError
 
@@ -31,8 +33,13 @@ __all__ = [
     "expand_hostlist",
     "export_environment",
     "init_process_group",
+    "remember_run_dir",
+    "remembered_run_dir",
     "select_backend",
+    "slurm_job_id",
     "slurm_master_port",
+    "slurm_restart_count",
+    "torchelastic_restart_count",
 ]
 
 # Step ids at or above this are Slurm's reserved pseudo-steps (batch, extern, interactive, ...).
@@ -304,12 +311,17 @@ def cuda_device_index(local_rank: int) -> int:
     )
 
 
-def init_process_group(env: DistEnv, backend: str) -> None:
-    """Join the process group described by ``env`` (env:// rendezvous).
+def init_process_group(env: DistEnv, backend: str) -> Any:
+    """Join the process group described by ``env``; returns the launcher's store, if any.
 
-    Under torchrun the agent's store is reused (env:// reads TORCHELASTIC_USE_AGENT_STORE),
-    so this never opens a second store on MASTER_PORT. For nccl the rank's CUDA device is
-    made current first.
+    Under torch's elastic agent the group is built on the agent's own store, which lives
+    as long as the agent, across restarts of the ranks -- with the keys of earlier
+    attempts still in it, so a restarted group would try to connect to the previous
+    attempt's (dead) peers and hang. The group therefore gets a key space of its own per
+    attempt (a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``); the store
+    itself is returned, for what must outlive an attempt (:func:`remember_run_dir`).
+    Elsewhere env:// rendezvous as usual (None returned). For nccl the rank's CUDA device
+    is made current first.
     """
     import torch
     import torch.distributed as dist
@@ -318,6 +330,66 @@ def init_process_group(env: DistEnv, backend: str) -> None:
         export_environment(env)
     if backend == "nccl":
         torch.cuda.set_device(cuda_device_index(env.local_rank))
+    if env.source == "torchelastic" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        from torch.distributed.constants import default_pg_timeout
+
+        store = dist.TCPStore(
+            env.master_addr,
+            env.master_port,
+            env.world_size,
+            is_master=False,
+            timeout=default_pg_timeout,
+        )
+        attempt = torchelastic_restart_count()
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore(f"pystematic/attempt_{attempt}/", store),
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        return store
     dist.init_process_group(
         backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size
     )
+    return None
+
+
+# --------------------------------------------------------------------------- restarts
+
+_RUN_DIR_KEY = "pystematic/run_dir"
+
+
+def torchelastic_restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """How often torch's elastic agent restarted this worker group (0: the first start)."""
+    env = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" not in env:
+        return 0
+    return _int(env, "TORCHELASTIC_RESTART_COUNT", 0)
+
+
+def slurm_job_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """The SLURM job this process runs in (the same after a requeue), or None."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    return job.strip() if job and job.strip() else None
+
+
+def slurm_restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """How often SLURM requeued (restarted) this job (0: its first start, or no SLURM)."""
+    env = os.environ if environ is None else environ
+    if slurm_job_id(env) is None:
+        return 0
+    return _int(env, "SLURM_RESTART_COUNT", 0)
+
+
+def remember_run_dir(store: Any, run_dir: Path) -> None:
+    """Keep the run dir in the launcher's store, where a restarted attempt finds it."""
+    if store is not None:
+        store.set(_RUN_DIR_KEY, str(run_dir))
+
+
+def remembered_run_dir(store: Any) -> Path | None:
+    """The run dir an earlier attempt of this launch kept in the store, if any."""
+    if store is None or not store.check([_RUN_DIR_KEY]):
+        return None
+    return Path(store.get(_RUN_DIR_KEY).decode("utf-8"))

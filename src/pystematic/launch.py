@@ -469,6 +469,8 @@ def launch_distributed(
             info, project, values, snapshot, argv, world_size=per_node, backend=backend
         )
         print(f"run dir: {started.run_dir}", file=sys.stderr, flush=True)
+        if started.restart_note:  # a requeued SLURM job: the run goes on
+            print(started.restart_note, file=sys.stderr, flush=True)
         spec = replace(
             spec,
             run_id=str(rdzv_id or started.run_dir.name),

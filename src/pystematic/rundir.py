@@ -222,6 +222,53 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
     return len(resumes)
 
 
+def note_restart(
+    run_dir: Path,
+    argv: list[str],
+    *,
+    cause: str,
+    count: int,
+    checkpoint: str | None,
+    take_over: bool,
+) -> int:
+    """An automatic restart of *run_dir* (``cause``: ``torchelastic`` or ``slurm``).
+
+    Like :func:`note_resume`, the run is ``running`` again and ``resumes`` gets an entry
+    -- ``{"time", "argv", "restart", "count", "checkpoint", "after"}``: what restarted it,
+    the how-many-th restart, the checkpoint it continues from (None: it starts over) and
+    the status and error it had -- but the parameters stay (a restart runs the same
+    command) and nothing is refused: the scheduler or the agent restarted it because it
+    ended. ``take_over``: this process now owns the record (its pid and host), unless a
+    launcher that is still running owns it. Returns the number of the resume.
+    """
+    data = read_run_json(run_dir)
+    now = now_iso()
+    entry = {
+        "time": now,
+        "argv": argv,
+        "restart": cause,
+        "count": count,
+        "checkpoint": checkpoint,
+        "after": {k: data.get(k) for k in ("status", "error", "failed_rank")},
+    }
+    resumes = [*data.get("resumes", []), entry]
+    fields: dict[str, Any] = {
+        "status": "running",
+        "end": None,
+        "error": None,
+        "traceback": None,
+        "failed_rank": None,
+        "heartbeat": now,
+        "resumes": resumes,
+    }
+    if take_over:
+        fields.update(pid=os.getpid(), host=hostname())
+    if checkpoint is None:
+        fields["metrics"] = {}
+    update_run_json(run_dir, fields, restart=True)
+    return len(resumes)
+
+
 def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
     """The final status (and error, duration, metrics) of a run; never a weaker one."""
     now = now_iso()

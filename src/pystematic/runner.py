@@ -31,7 +31,7 @@ from .errors import PystematicError
 from .params import Params
 from .progress import configure_logging
 from .project import Project
-from .start import Probes, StartedRun, start_run
+from .start import Probes, StartedRun, restart_run, start_run
 
 log = logging.getLogger("pystematic")
 
@@ -79,15 +79,29 @@ def run_experiment(
         rank, world_size, local_rank = (
             (env.rank, env.world_size, env.local_rank) if env else (0, 1, 0)
         )
+        store = None
         if env is not None:
             backend = backend or distributed.select_backend(_cuda_available())
-            _join_group(env, backend, group)
-        if started is None:
+            store = _join_group(env, backend, group)
+        restarts = distributed.torchelastic_restart_count() if env is not None else 0
+        if started is None or restarts:
             started = _start_on_rank0(
-                info, project, values, snapshot, argv, env, world_size, backend, probes, fields
+                info,
+                project,
+                values,
+                snapshot,
+                argv,
+                env,
+                world_size,
+                backend,
+                probes,
+                fields,
+                _Launch(started, store, restarts),
             )
             if rank == 0:
                 print(f"run dir: {started.run_dir}", file=sys.stderr, flush=True)
+                if started.restart_note:
+                    print(started.restart_note, file=sys.stderr, flush=True)
         session = RunSession(
             info,
             project,
@@ -104,14 +118,26 @@ def run_experiment(
         return outcome
 
 
-def _join_group(env: distributed.DistEnv, backend: str, stack: ExitStack) -> None:
+def _join_group(env: distributed.DistEnv, backend: str, stack: ExitStack) -> Any:
+    """Join the group (unless the process already did); the launcher's store, if any."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        return
+        return None
     distributed.export_environment(env)
-    distributed.init_process_group(env, backend)
+    store = distributed.init_process_group(env, backend)
     stack.callback(dist.destroy_process_group)
+    return store
+
+
+@dataclass
+class _Launch:
+    """How this rank was launched: the run a launcher started for it (``pystematic
+    distributed``), the launcher's store and how often the agent restarted the ranks."""
+
+    started: StartedRun | None
+    store: Any
+    restarts: int
 
 
 def _start_on_rank0(
@@ -125,28 +151,52 @@ def _start_on_rank0(
     backend: str | None,
     probes: Probes | None,
     fields: Mapping[str, Any] | None,
+    launch: _Launch,
 ) -> StartedRun:
-    """Start the run; in a group rank 0 starts it and every rank gets the result (or error)."""
-    if env is None:
-        return start_run(
-            info, project, values, snapshot, argv, world_size=1, probes=probes, fields=fields
+    """Start the run (or start it again after a restart); in a group rank 0 does it and
+    every rank gets the result (or the error)."""
+
+    def start() -> StartedRun:
+        if launch.restarts:
+            # The agent restarted the ranks: the run of the first attempt goes on.
+            run_dir = (
+                launch.started.run_dir
+                if launch.started is not None
+                else distributed.remembered_run_dir(launch.store)
+            )
+            if run_dir is not None:
+                return restart_run(
+                    info,
+                    project,
+                    run_dir,
+                    launch.started.values if launch.started is not None else values,
+                    argv,
+                    cause="torchelastic",
+                    count=launch.restarts,
+                    take_over=launch.started is None,
+                )
+        started = start_run(
+            info,
+            project,
+            values,
+            snapshot,
+            argv,
+            world_size=world_size,
+            backend=backend,
+            probes=probes,
+            fields=fields,
         )
+        distributed.remember_run_dir(launch.store, started.run_dir)
+        return started
+
+    if env is None:
+        return start()
     import torch.distributed as dist
 
     box: list[Any] = [None]
     if env.rank == 0:
         try:
-            box[0] = start_run(
-                info,
-                project,
-                values,
-                snapshot,
-                argv,
-                world_size=world_size,
-                backend=backend,
-                probes=probes,
-                fields=fields,
-            )
+            box[0] = start()
         except PystematicError as e:
             box[0] = e
     dist.broadcast_object_list(box, src=0)
@@ -250,6 +300,8 @@ class RunSession:
             world_size=self.world_size,
         )
         stack.callback(self._close_recorder)
+        if self.started.start_over:
+            self.recorder.truncate(0)  # restarted before any checkpoint: begin again
         ctx = context_module.Context(
             params=Params(values),
             output_dir=run_dir,
@@ -274,9 +326,7 @@ class RunSession:
             self.outcome.value = self.info.main(ctx.params, ctx)
         else:
             self.outcome.value = self.info.main(ctx.params)
-        problem = ctx.seed_problems()
-        if problem and self.rank == 0:
-            log.warning(problem)
+        ctx.check_seeds()
 
     # ------------------------------------------------------------ outcome
 

@@ -8,6 +8,7 @@ run that is not alive) before the old run's record is touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, rundir, seeding
+from . import checkpoint, distributed, rundir, seeding
 from .discovery import ExperimentInfo, cache_dir
 from .errors import ParameterError, RunDirError, did_you_mean
 from .metadata import GitProbe, PackagesProbe, environment_info, write_git_diff
@@ -69,6 +70,10 @@ class StartedRun:
     snapshot: dict[str, Any]  # what parameters.toml holds
     resumed: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    #: Restarted before its first checkpoint: it begins again, in its own folder.
+    start_over: bool = False
+    #: What a restart did, for the console ("restart 1 (torchelastic): ..."); "" otherwise.
+    restart_note: str = ""
 
     @property
     def seed(self) -> int:
@@ -127,6 +132,19 @@ def start_run(
     check_backends(values.get("recorder") or project.recorder)
     if values.get("random_seed") is None:
         values["random_seed"] = snapshot["random_seed"] = seeding.draw_seed()
+    if values.get("resume") is None:
+        requeued = requeued_run(info, project, values, argv)
+        if requeued is not None:
+            return restart_run(
+                info,
+                project,
+                requeued,
+                values,
+                argv,
+                cause="slurm",
+                count=distributed.slurm_restart_count(),
+                take_over=True,
+            )
     extra = {**fields_from_environment(), **(fields or {})}
     if values.get("resume") is not None:
         run_dir = resume_target(Path(values["resume"]))
@@ -150,6 +168,7 @@ def start_run(
                 **environment_info(),
                 "world_size": world_size,
                 "backend": backend,
+                "slurm_job_id": distributed.slurm_job_id(),
                 "git_commit": git.commit,
                 "git_branch": git.branch,
                 "git_dirty": git.dirty,
@@ -166,3 +185,106 @@ def start_run(
         shutil.rmtree(run_dir, ignore_errors=True)
         raise RunDirError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
     return StartedRun(run_dir, values, snapshot, fields=extra)
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def restart_run(
+    info: ExperimentInfo,
+    project: Project,
+    run_dir: Path,
+    values: Mapping[str, Any],
+    argv: Sequence[str],
+    *,
+    cause: str,
+    count: int,
+    take_over: bool,
+) -> StartedRun:
+    """Start *run_dir* again after its processes were restarted (``cause``: ``torchelastic``
+    for ``--max-restarts``, ``slurm`` for a requeued job).
+
+    The run continues from its latest checkpoint, as under ``--resume`` (``main``'s
+    ``context.load_checkpoint()`` restores it). With no checkpoint yet it starts over in
+    the same folder: what it recorded (metrics.jsonl, tensorboard, seeds.log) is dropped.
+    Its parameters are the ones it recorded (a restart runs the same command; a seed or
+    callable default drawn the first time is not drawn again). ``take_over``: this
+    process now owns run.json (not a launcher that is still running).
+    """
+    values, snapshot = _recorded_parameters(info, project, run_dir, values)
+    checkpoint.remove_leftovers(run_dir)
+    latest = checkpoint.latest(run_dir)
+    extra = fields_from_environment()
+    number = rundir.note_restart(
+        run_dir,
+        list(argv),
+        cause=cause,
+        count=count,
+        checkpoint=latest.name if latest is not None else None,
+        take_over=take_over,
+    )
+    if extra:
+        rundir.update_run_json(run_dir, extra)
+    what = f"restart {count} ({cause}, resume {number})"
+    if latest is None:
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / "seeds.log").unlink()
+        note = f"{what}: no checkpoint yet, starting over in {run_dir}"
+        return StartedRun(
+            run_dir, values, snapshot, fields=extra, start_over=True, restart_note=note
+        )
+    values["resume"] = run_dir
+    note = f"{what}: continuing {run_dir} from {latest.name}"
+    return StartedRun(run_dir, values, snapshot, resumed=True, fields=extra, restart_note=note)
+
+
+def _recorded_parameters(
+    info: ExperimentInfo, project: Project, run_dir: Path, values: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values, snapshot) from the run's parameters.toml, at ``--params-file`` precedence;
+    the built-ins it does not hold (output folder, recorder, tags, ...) as given now."""
+    from .params import BUILTIN_PARAMETERS, SNAPSHOT_BUILTINS, resolve_parameters
+
+    carried = {
+        p.name: values[p.name]
+        for p in BUILTIN_PARAMETERS
+        if p.name not in (*SNAPSHOT_BUILTINS, "params_file", "resume")
+        and values.get(p.name) not in (None, [], ())
+    }
+    resolved = resolve_parameters(
+        info.id,
+        [*info.parameters, *BUILTIN_PARAMETERS],
+        info.defaults,
+        project,
+        {**carried, "params_file": run_dir / rundir.PARAMETERS_TOML},
+    )
+    return dict(resolved.values), resolved.snapshot()
+
+
+def requeued_run(
+    info: ExperimentInfo, project: Project, values: Mapping[str, Any], argv: Sequence[str]
+) -> Path | None:
+    """The run this command started before SLURM requeued its job, or None.
+
+    Only in a requeued job (``SLURM_RESTART_COUNT`` > 0): the newest run of this
+    experiment, in this output folder, that recorded the same ``slurm_job_id`` (a job
+    keeps its id when requeued) and the same command line, and did not complete. A job
+    that runs the same command line several times continues the newest unfinished one.
+    """
+    job = distributed.slurm_job_id()
+    if job is None or distributed.slurm_restart_count() < 1:
+        return None
+    best: tuple[str, str] | None = None
+    for record in (output_dir(values, project) / info.id).glob(f"*/{rundir.RUN_JSON}"):
+        try:
+            data = rundir.read_run_json(record.parent)
+        except RunDirError:
+            continue
+        if (
+            str(data.get("slurm_job_id")) == job
+            and data.get("argv") == list(argv)
+            and data.get("status") != "completed"
+        ):
+            candidate = (str(data.get("start") or ""), record.parent.name)
+            best = candidate if best is None or candidate > best else best
+    return None if best is None else output_dir(values, project) / info.id / best[1]
