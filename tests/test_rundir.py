@@ -126,6 +126,40 @@ def test_final_status_never_gets_weaker(tmp_path: Path) -> None:
     assert data["metrics"] == {"a": 1.0}  # other fields still merge
 
 
+def test_a_restart_reopens_a_failed_run_and_says_why(tmp_path: Path) -> None:
+    rundir.start_record(tmp_path, {"argv": ["distributed", "x"], "params": {"a": 1}})
+    rundir.update_run_json(tmp_path, {"pid": 1, "host": "launcher-host"})
+    rundir.finish_record(
+        tmp_path, {"status": "failed", "error": "boom", "failed_rank": 1, "metrics": {"l": 2.0}}
+    )
+    argv = ["distributed", "x"]
+    n = rundir.note_restart(
+        tmp_path, argv, cause="torchelastic", count=1, checkpoint="checkpoint-4.pt", take_over=False
+    )
+    data = rundir.read_run_json(tmp_path)
+    assert n == 1
+    assert (data["status"], data["error"], data["failed_rank"], data["end"]) == (
+        "running",
+        None,
+        None,
+        None,
+    )
+    assert (data["pid"], data["host"]) == (1, "launcher-host")  # the launcher still owns it
+    assert data["metrics"] == {"l": 2.0}
+    [entry] = data["resumes"]
+    assert entry["argv"] == argv and entry["restart"] == "torchelastic"
+    assert (entry["count"], entry["checkpoint"]) == (1, "checkpoint-4.pt")
+    assert entry["after"] == {"status": "failed", "error": "boom", "failed_rank": 1}
+    assert not list(tmp_path.glob("parameters.*.toml"))  # a restart keeps its parameters
+
+    # A requeued job with no checkpoint yet: this process takes over, nothing is kept.
+    rundir.note_restart(tmp_path, argv, cause="slurm", count=1, checkpoint=None, take_over=True)
+    data = rundir.read_run_json(tmp_path)
+    assert (data["pid"], data["host"], data["metrics"]) == (os.getpid(), rundir.hostname(), {})
+    assert [e["restart"] for e in data["resumes"]] == ["torchelastic", "slurm"]
+    assert data["resumes"][1]["after"]["status"] == "running"
+
+
 def test_status_goes_from_running_to_any_final_state(tmp_path: Path) -> None:
     for final in ("completed", "interrupted", "failed"):
         folder = tmp_path / final

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import Project, Result
+from pystematic.start import requeued_run
 
 EXPS = """
 import pystematic as ps
@@ -108,3 +111,32 @@ def test_resume_from_a_truncated_checkpoint_is_refused(project: Project) -> None
     result = project.run("run", "train", "--resume", str(run_dir))
     error_line(result, "saved no checkpoint to continue from")
     assert run_json(run_dir)["status"] == "completed"
+
+
+def test_a_requeued_job_finds_its_newest_unfinished_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same job id and command line, not completed, newest start: that is the run."""
+    argv = ["run", "train", "--epochs", "3"]
+    runs = {
+        "a": ("4242", argv, "failed", "2026-01-01T10:00:00+00:00"),
+        "b": ("4242", argv, "completed", "2026-01-01T13:00:00+00:00"),
+        "c": ("4242", argv, "interrupted", "2026-01-01T12:00:00+00:00"),
+        "d": ("9", argv, "failed", "2026-01-01T14:00:00+00:00"),
+        "e": ("4242", ["run", "train"], "failed", "2026-01-01T15:00:00+00:00"),
+        "f": (None, argv, "failed", "2026-01-01T16:00:00+00:00"),
+    }
+    for name, (job, args, status, start) in runs.items():
+        (tmp_path / name).mkdir()
+        record = {"slurm_job_id": job, "argv": args, "status": status, "start": start}
+        (tmp_path / name / "run.json").write_text(json.dumps(record))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert requeued_run(tmp_path, argv) is None  # not requeued: a new run
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_run(tmp_path, argv) == tmp_path / "c"
+    assert requeued_run(tmp_path, ["run", "train", "--epochs", "4"]) is None
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert requeued_run(tmp_path, argv) is None

@@ -198,31 +198,41 @@ def test_one_file_runs_alike_under_run_and_distributed(references: dict[str, Pat
     assert _record(ranks)["resumes"] == []
 
 
+@pytest.mark.parametrize("launcher", ["pystematic", "torchrun"])
 def test_a_rank_that_crashes_is_restarted_and_resumes_bit_for_bit(
-    project: Project, references: dict[str, Path]
+    project: Project, references: dict[str, Path], launcher: str
 ) -> None:
     """Rank 1 fails once in epoch 3; --max-restarts 1 restarts the group, which continues
-    from the checkpoint of epoch 2 in the same run dir."""
-    result = project.run(
-        *("distributed", "transparent", "--nproc", "2", "--random-seed", SEED),
-        *("--max-restarts", "1", "--crash-epoch", "3", "--output-dir", "restarted"),
-    )
+    from the checkpoint of epoch 2 in the same run dir. Under ``pystematic distributed``
+    the launcher hands the run dir down; under torchrun the first attempt's rank 0 left
+    it in the agent's store."""
+    args = ["transparent", "--random-seed", SEED, "--crash-epoch", "3", "--output-dir", launcher]
+    if launcher == "pystematic":
+        result = project.run("distributed", *args, "--nproc", "2", "--max-restarts", "1")
+    else:
+        result = project.python(
+            *("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+            *("--max-restarts", "1", "--log-dir", str(project.root / "torchrun-logs")),
+            *("-m", "pystematic", "run", *args),
+        )
     assert result.returncode == 0, result.stderr
-    run_dir = project.only_run_dir("transparent", "restarted")
+    run_dir = project.only_run_dir("transparent", launcher)
     assert "RuntimeError: rank 1 crashes once, in epoch 3" in result.stderr
     assert f"continuing {run_dir} from checkpoint-15.pt" in result.stderr
     _assert_same_training(run_dir, references["distributed"])
-    [restart] = _record(run_dir)["resumes"]
+    record = _record(run_dir)
+    [restart] = record["resumes"]
     assert (restart["restart"], restart["count"], restart["checkpoint"]) == (
         "torchelastic",
         1,
         "checkpoint-15.pt",
     )
     assert restart["after"]["status"] == "failed"
-    assert sorted(p.name for p in (run_dir / "torchelastic").glob("*/attempt_*")) == [
-        "attempt_0",
-        "attempt_1",
-    ]
+    if launcher == "pystematic":
+        assert sorted(p.name for p in (run_dir / "torchelastic").glob("*/attempt_*")) == [
+            "attempt_0",
+            "attempt_1",
+        ]
 
 
 def _free_port() -> int:

@@ -133,7 +133,7 @@ def start_run(
     if values.get("random_seed") is None:
         values["random_seed"] = snapshot["random_seed"] = seeding.draw_seed()
     if values.get("resume") is None:
-        requeued = requeued_run(info, project, values, argv)
+        requeued = requeued_run(output_dir(values, project) / info.id, argv)
         if requeued is not None:
             return restart_run(
                 info,
@@ -261,21 +261,20 @@ def _recorded_parameters(
     return dict(resolved.values), resolved.snapshot()
 
 
-def requeued_run(
-    info: ExperimentInfo, project: Project, values: Mapping[str, Any], argv: Sequence[str]
-) -> Path | None:
+def requeued_run(experiment_dir: Path, argv: Sequence[str]) -> Path | None:
     """The run this command started before SLURM requeued its job, or None.
 
-    Only in a requeued job (``SLURM_RESTART_COUNT`` > 0): the newest run of this
-    experiment, in this output folder, that recorded the same ``slurm_job_id`` (a job
-    keeps its id when requeued) and the same command line, and did not complete. A job
-    that runs the same command line several times continues the newest unfinished one.
+    Only in a requeued job (``SLURM_RESTART_COUNT`` > 0): the newest run in
+    ``experiment_dir`` (``<output_dir>/<experiment>``) that recorded the same
+    ``slurm_job_id`` (a job keeps its id when requeued) and the same command line, and did
+    not complete. A job that runs one command line several times continues the newest
+    unfinished run of it.
     """
     job = distributed.slurm_job_id()
     if job is None or distributed.slurm_restart_count() < 1:
         return None
     best: tuple[str, str] | None = None
-    for record in (output_dir(values, project) / info.id).glob(f"*/{rundir.RUN_JSON}"):
+    for record in experiment_dir.glob(f"*/{rundir.RUN_JSON}"):
         try:
             data = rundir.read_run_json(record.parent)
         except RunDirError:
@@ -287,4 +286,4 @@ def requeued_run(
         ):
             candidate = (str(data.get("start") or ""), record.parent.name)
             best = candidate if best is None or candidate > best else best
-    return None if best is None else output_dir(values, project) / info.id / best[1]
+    return None if best is None else experiment_dir / best[1]

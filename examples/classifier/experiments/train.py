@@ -59,11 +59,9 @@ def train(params: ps.Params, context: ps.Context) -> float:
     model = context.ddp(model)
     opt_class = torch.optim.SGD if params.optimizer == "sgd" else torch.optim.Adam
     optimizer = opt_class(model.parameters(), lr=params.lr)
+    # Split among the ranks in a distributed run; a new seeded permutation every epoch.
     loader = context.dataloader(
-        dataset,
-        batch_size=params.batch_size,
-        sampler=context.distributed_sampler(dataset, shuffle=True),
-        num_workers=params.workers,
+        dataset, batch_size=params.batch_size, shuffle=True, num_workers=params.workers
     )
     loss_fn = nn.CrossEntropyLoss()
     accuracy = 0.0
