@@ -300,6 +300,9 @@ def execute(
 
     values = dict(values)
     resuming = values.get("resume") is not None
+    from .recording import Recorder, check_backends
+
+    check_backends(values.get("recorder") or project.recorder)  # before anything is created
     if values.get("random_seed") is None:
         values["random_seed"] = shared(seeding.draw_seed() if rank == 0 else None)
         snapshot = {**snapshot, "random_seed": values["random_seed"]}
@@ -321,7 +324,6 @@ def execute(
             shared(None)  # everyone waits until rank 0 has written the start of the record
 
     from .capture import OutputCapture
-    from .recording import Recorder
 
     log_name = "output.log" if world_size == 1 else f"output.rank{rank}.log"
     capture = OutputCapture(run_dir / log_name)
@@ -344,6 +346,14 @@ def execute(
             backends=list(values.get("recorder") or project.recorder),
             rank=rank,
             world_size=world_size,
+            settings={"mlflow": project.mlflow},
+        )
+        recorder.start_run(
+            snapshot,
+            experiment=exp.id,
+            tags=values.get("tag") or (),
+            git_commit=rundir.read_run_json(run_dir).get("git_commit") if rank == 0 else None,
+            resumed=resuming,
         )
         ctx = Context(
             params=Params(values),
@@ -393,8 +403,14 @@ def execute(
             heartbeat.join()
         try:
             if recorder is not None:
-                if rank == 0 and end["status"] == "completed" and recorder.last_scalars:
-                    recorder.hparams(snapshot)
+                try:
+                    recorder.end_run(end["status"])
+                except Exception as e:  # the recorder could not write (a full disk)
+                    sys.stderr.write(f"error: recording failed: {type(e).__name__}: {e}\n")
+                    if end["status"] != "failed":
+                        outcome.exit_code, outcome.error = EXIT_FAILED, e
+                        end = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                    recorder.end_run("failed")
                 recorder.close()
         finally:
             set_current(None)
