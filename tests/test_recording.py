@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -229,6 +230,18 @@ def test_tags_are_sanitised_predictably(tmp_path: Path, caplog: pytest.LogCaptur
     assert read_jsonl(tmp_path)[0]["val_acc"] == 0.5
     assert list(tb_scalars(tmp_path)) == ["val_acc"]
     assert sum("'val acc' is recorded as 'val_acc'" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_tags_that_clean_to_the_same_name_are_an_error_naming_both(tmp_path: Path) -> None:
+    with Recorder(tmp_path, backends=["memory"]) as rec:
+        rec.scalar("val acc", 1.0)
+        rec.scalar("val acc", 2.0)  # the same tag again is fine
+        with pytest.raises(ValueError, match=r"tags 'val acc' and 'val_acc' are both recorded"):
+            rec.scalar("val_acc", 1.0)
+        with pytest.raises(ValueError, match=r"tags 'val acc' and 'val:acc' are both"):
+            rec.text("val:acc", "x")
+        rec.step()
+    assert [r.scalars for r in rec.backends[0].records] == [{"val_acc": 2.0}]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("tag", ["step", "time"])
@@ -528,6 +541,9 @@ def test_truncate_drops_later_steps_everywhere(tmp_path: Path) -> None:
             rec.step()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 100, "time": 1.0, "a": 1')  # a torn line, as after a crash
+    # what a kill in the middle of an earlier resume's rewrite leaves behind
+    (tmp_path / "metrics.jsonl.tmp").write_text('{"step": 0')
+    (tmp_path / "tensorboard" / "events.out.tfevents.1.host.0000.tmp").write_bytes(b"x")
     with Recorder(tmp_path) as rec:
         rec.truncate(50)
         assert rec.global_step == 50
@@ -540,6 +556,7 @@ def test_truncate_drops_later_steps_everywhere(tmp_path: Path) -> None:
     assert tb_scalars(tmp_path)["a"] == list(enumerate(want))  # old points really gone
     assert [(e.step, e.value) for e in accumulator(tmp_path).Scalars("a")] == list(enumerate(want))
     assert len(list((tmp_path / "tensorboard").iterdir())) == 2
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_a_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
@@ -548,6 +565,51 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
         rec.scalar("a", 2.0)
         rec.step()
     assert [line["step"] for line in read_jsonl(tmp_path)] == [0, 5]
+
+
+# -- run lifecycle ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [(None, "completed"), (RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")],
+)
+def test_a_started_run_ends_with_the_status_of_its_with_block(
+    tmp_path: Path, raised: type[BaseException] | None, status: str
+) -> None:
+    memory = MemoryBackend()
+    expect = pytest.raises(raised) if raised else contextlib.nullcontext()
+    with expect, Recorder(tmp_path / "run-7", backends=[memory]) as rec:
+        rec.start_run({"lr": 0.1}, experiment="train", tags=["a"], git_commit="abc")
+        rec.scalar("loss", 1.0)  # not stepped: committed before the end
+        if raised:
+            raise raised()
+    (run,) = memory.runs
+    assert (run.params, run.run_id, run.experiment, run.tags) == (
+        {"lr": 0.1},
+        "run-7",
+        "train",
+        ("a",),
+    )
+    assert (run.git_commit, run.resumed, run.run_dir) == ("abc", False, tmp_path / "run-7")
+    assert memory.ended == [status] and memory.closed
+    assert [(r.step, r.scalars) for r in memory.records] == [(0, {"loss": 1.0})]
+
+
+def test_end_run_raises_a_write_failure_then_ends_the_others(tmp_path: Path) -> None:
+    memory = MemoryBackend()
+    rec = Recorder(tmp_path, backends=[BrokenBackend(), memory], flush_secs=3600)
+    rec.start_run({})
+    rec.scalar("a", 1.0)
+    with pytest.raises(OSError, match="disk full"):
+        rec.end_run("completed")
+    assert memory.ended == []  # no end is written over steps that were not
+    rec.end_run("failed")
+    rec.end_run("failed")  # once only
+    rec.close()
+    assert memory.ended == ["failed"] and len(memory.records) == 1
+    with pytest.raises(ValueError, match="status must be one of"):
+        rec.end_run("done")
 
 
 # -- backends ----------------------------------------------------------------------------
