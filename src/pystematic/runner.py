@@ -346,7 +346,7 @@ def execute(
             backends=list(values.get("recorder") or project.recorder),
             rank=rank,
             world_size=world_size,
-            settings={"mlflow": project.mlflow},
+            settings={"mlflow": {**project.mlflow, "root": project.root}},
         )
         recorder.start_run(
             snapshot,

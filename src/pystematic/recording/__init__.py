@@ -49,7 +49,7 @@ from pathlib import Path
 from time import time as _now
 from typing import Any, cast
 
-from ..errors import ParameterError
+from ..errors import ConfigError, ParameterError
 from ._signals import SignalsHeld
 from .base import END_STATUSES, Backend, Item, RunInfo, StepRecord
 from .console import ConsoleBackend
@@ -87,8 +87,12 @@ def sanitize_tag(tag: str) -> str:
 
 
 def _mlflow_backend(**settings: Any) -> Backend:
+    """``[mlflow]`` settings: ``tracking_uri``; the runner adds ``root`` (the project's)."""
     from .mlflow import MlflowBackend  # imports mlflow itself only when a run starts
 
+    unknown = sorted(set(settings) - {"tracking_uri", "root"})
+    if unknown:
+        raise ConfigError(f"[mlflow]: unknown setting(s) {', '.join(unknown)}; known: tracking_uri")
     return MlflowBackend(**settings)
 
 
