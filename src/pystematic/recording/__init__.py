@@ -79,6 +79,7 @@ REDUCE_OPS = ("mean", "sum", "min", "max")
 
 _BAD_TAG_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
 _INF = math.inf
+_new_tuple = tuple.__new__  # StepRecord(...) without NamedTuple's Python-level __new__
 
 
 def sanitize_tag(tag: str) -> str:
@@ -181,11 +182,12 @@ def _resolve_tensors(records: Sequence[StepRecord], nonfinite: Callable[[str], N
 class _Writer:
     """Owns the backends on rank 0: the queue of steps, written in batches.
 
-    The queue holds the committed steps, then the *open* one (the step values are
-    being added to) at its right end: :meth:`Recorder.step` commits by appending
-    the next open record, one C call, so a signal lands either before the commit
-    or after it, never in between; the step index is the open record's, so it
-    cannot drift from what was committed.
+    The queue holds the committed steps (:class:`StepRecord`), then the *open*
+    one (a list ``[step, 0.0, scalars, items]`` the values are being added to) at
+    its right end: :meth:`Recorder.step` stamps the open record and commits it by
+    appending the next open one, one C call, so a signal lands either before the
+    commit or after it, never in between; ``global_step`` is the open record's
+    step, so it cannot drift from what was committed.
 
     The training loop writes a batch itself each ``batch_steps`` steps (measured:
     ~30% faster than handing batches to a thread, which competes for the GIL and
@@ -205,7 +207,7 @@ class _Writer:
         self,
         owner: Recorder,
         backends: list[Backend],
-        queue: deque[StepRecord],
+        queue: deque[Any],
         *,
         batch_steps: int,
         flush_secs: float,
@@ -332,12 +334,12 @@ class _Writer:
             self.raise_error()
 
 
-def _seal(queue: deque[StepRecord]) -> None:
+def _seal(queue: deque[Any]) -> None:
     """Commit the open record if it holds values (close, or a dropped recorder)."""
     step, _, scalars, items = queue[-1]
     if scalars or items:
         queue[-1] = StepRecord(step, _now(), scalars, items)
-        queue.append(StepRecord(step + 1, 0.0, {}, []))
+        queue.append([step + 1, 0.0, {}, []])
 
 
 class Recorder:
@@ -373,7 +375,8 @@ class Recorder:
         self._rank = rank
         self._world_size = world_size
         # rank 0: committed steps, then the open one (see _Writer); other ranks count
-        self._queue: deque[StepRecord] = deque()
+        # committed StepRecords, then the open step as a list [step, 0.0, scalars, items]
+        self._queue: deque[Any] = deque()
         self._step = 0
         self._pending: dict[str, Any] = {}
         self._items: list[Item] = []
@@ -385,7 +388,7 @@ class Recorder:
         self._ended = False
         self._writer: _Writer | None = None
         if rank == 0:
-            self._queue.append(StepRecord(0, 0.0, self._pending, self._items))
+            self._queue.append([0, 0.0, self._pending, self._items])
             for backend in self._backends:
                 backend.open(self._output_dir)
             self._writer = _Writer(
@@ -430,7 +433,8 @@ class Recorder:
             raise ValueError(f"global_step must be >= 0, got {step}")
         queue = self._queue
         if queue:
-            queue[-1] = queue[-1]._replace(step=step)
+            _, _, pending, items = queue[-1]
+            queue[-1] = [step, 0.0, pending, items]
         else:
             self._step = step
 
@@ -554,23 +558,26 @@ class Recorder:
         if writer.error is not None:
             writer.raise_error()
         queue = self._queue
-        step, _, pending, items = queue[-1]
+        tail = queue[-1]
+        step, _, pending, items = tail
         if pending is not self._pending:  # a step() interrupted right after its commit
             self._reopen()
         if pending or items:
-            queue[-1] = StepRecord(step, _now(), pending, items)  # stamp; still open
+            queue[-1] = _new_tuple(StepRecord, (step, _now(), pending, items))  # still open
             new_pending: dict[str, Any] = {}
             new_items: list[Item] = []
             # the commit: one C call, so a signal lands before or after it
-            queue.append(StepRecord(step + 1, 0.0, new_pending, new_items))
+            queue.append([step + 1, 0.0, new_pending, new_items])
             self._pending = new_pending
             self._items = new_items
             if len(queue) > writer.batch_steps:
                 writer.drain()
             elif writer.thread is None:
                 writer.start()
+        elif type(tail) is list:
+            tail[0] = step + 1
         else:
-            queue[-1] = StepRecord(step + 1, 0.0, pending, items)
+            queue[-1] = [step + 1, 0.0, pending, items]
 
     # -- lifecycle ---------------------------------------------------------------------
 
