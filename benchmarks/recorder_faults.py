@@ -8,8 +8,11 @@ each step is its own index), sends it SIGINT or SIGTERM (raising
 does) after a random delay, and then checks ``metrics.jsonl`` and the
 TensorBoard event file: steps ``0..N-1`` each exactly once, under their own
 index, the same in both. A small ``--batch-steps`` makes the signal land inside
-a batch write more often. Prints one row per signal: trials, held, lost.
-``tests/test_recording.py`` runs a few trials of the same attack.
+a batch write more often. Then ``--crash-trials`` processes that record ~1,000
+steps/s die by ``os._exit`` after a random time: the steps committed more than
+``--loss-bound`` seconds before the crash must be on disk (the writer thread
+writes every 0.2 s). Prints a table: trials, held, lost.
+``tests/test_recording_faults.py`` runs a few trials of the same attacks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,11 +118,46 @@ def run_trial(workdir: Path, signum: int, delay: float, batch_steps: int = 64) -
     return Trial(name, steps, None)
 
 
+CRASH = """
+import os, sys, time
+from pystematic.recording import Recorder
+
+rec = Recorder(sys.argv[1], batch_steps=10**6)  # only the writer thread writes
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    rec.scalar("t", time.time())
+    rec.step()
+    time.sleep(0.001)
+print(time.time(), flush=True)
+os._exit(3)
+"""
+
+
+def crash_trial(workdir: Path, after: float) -> float:
+    """Seconds of committed steps lost by an ``os._exit`` after ``after`` seconds."""
+    run = workdir / "run"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, str(run), str(after)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    crashed_at = float(proc.stdout)
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    last = json.loads(lines[-1])["t"] if lines else crashed_at - after
+    return crashed_at - last
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per signal")
     parser.add_argument("--batch-steps", type=int, default=64)
     parser.add_argument("--max-delay", type=float, default=0.6, help="seconds")
+    parser.add_argument("--crash-trials", type=int, default=20)
+    parser.add_argument("--loss-bound", type=float, default=0.5, help="seconds")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -136,10 +175,21 @@ def main() -> None:
         held = sum(t.held for t in trials)
         steps = sorted(t.steps for t in trials)
         rows.append((signal.Signals(signum).name, len(trials), held, len(trials) - held, steps))
-    print("| attack | trials | held | lost | steps recorded (min-max) |")
+    losses = []
+    for _ in range(args.crash_trials):
+        with tempfile.TemporaryDirectory(prefix="pystematic-faults-") as tmp:
+            losses.append(crash_trial(Path(tmp), rng.uniform(0.3, 1.5)))
+    print("| attack | trials | held | lost | notes |")
     print("| --- | --- | --- | --- | --- |")
     for name, n, held, lost, steps in rows:
-        print(f"| {name} in a tight step loop | {n} | {held} | {lost} | {steps[0]}-{steps[-1]} |")
+        notes = f"{steps[0]}-{steps[-1]} steps recorded"
+        print(f"| {name} in a tight step loop | {n} | {held} | {lost} | {notes} |")
+    if losses:
+        n, held = len(losses), sum(loss <= args.loss_bound for loss in losses)
+        median = statistics.median(losses)
+        notes = f"seconds of steps lost: median {median:.2f}, max {max(losses):.2f}"
+        print(f"| os._exit while recording | {n} | {held} | {n - held} | {notes} |")
+        rows.append(("crash", n, held, n - held, []))
     sys.exit(1 if any(row[3] for row in rows) else 0)
 
 
