@@ -24,7 +24,6 @@ from typing import Any
 _SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
-_MAIN = threading.main_thread().ident
 
 Handler = Callable[[int, "FrameType | None"], Any]
 
@@ -40,7 +39,7 @@ class SignalsHeld:
         self.saved: list[tuple[int, Handler, Handler]] = []
 
     def __enter__(self) -> SignalsHeld:
-        if threading.get_ident() != _MAIN:
+        if threading.current_thread() is not threading.main_thread():
             return self
         self.active = True
         for signum in _SIGNALS:
