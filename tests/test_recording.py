@@ -323,7 +323,7 @@ def test_last_scalars_is_the_last_committed_value_per_tag(tmp_path: Path) -> Non
         assert rec.last_scalars == {"loss": 0.7, "val": 0.5}
 
 
-# -- text, histograms, images, hparams ------------------------------------------------------
+# -- text, histograms, images ------------------------------------------------------------
 
 
 def test_text_histogram_and_image_read_back(tmp_path: Path) -> None:
