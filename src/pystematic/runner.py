@@ -248,8 +248,16 @@ class RunSession:
             backends=list(values.get("recorder") or self.project.recorder),
             rank=self.rank,
             world_size=self.world_size,
+            settings={"mlflow": {**self.project.mlflow, "root": self.project.root}},
         )
         stack.callback(self._close_recorder)
+        self.recorder.start_run(
+            self.started.snapshot,
+            experiment=self.info.id,
+            tags=values.get("tag") or (),
+            git_commit=rundir.read_run_json(run_dir).get("git_commit") if self.rank == 0 else None,
+            resumed=self.started.resumed,
+        )
         ctx = context_module.Context(
             params=Params(values),
             output_dir=run_dir,
@@ -319,14 +327,22 @@ class RunSession:
     # ------------------------------------------------------------ closing
 
     def _close_recorder(self) -> None:
+        """The run's status to the backends, then everything written and closed.
+
+        A recorder that cannot write (a full disk) fails the run, unless it failed anyway
+        (run.json keeps the user's own error then).
+        """
         recorder = self.recorder
         try:
+            recorder.end_run(self.end["status"])
+        except Exception as e:
+            print(f"error: recording failed: {type(e).__name__}: {e}", file=sys.stderr)
+            if self.end["status"] != "failed":
+                self.outcome.exit_code, self.outcome.error = EXIT_FAILED, e
+                self._failed(f"{type(e).__name__}: {e}", None)
+            recorder.end_run("failed")
+        finally:
             recorder.close()
-        except OSError as e:
-            # The disk filled up: the run did not keep what it recorded.
-            self.outcome.exit_code = self.outcome.exit_code or EXIT_FAILED
-            self._failed(f"recording failed: {e.strerror or e}", None)
-            print(f"error: recording failed: {e.strerror or e}", file=sys.stderr)
 
     def _write_final_record(self) -> None:
         if self.rank != 0 and self.end["status"] == "completed":
