@@ -364,6 +364,7 @@ def _rewritten(repo: dict[str, Any], tmp_path: Path) -> tuple[Path, Path]:
         ("python", "used Python 2.7.18, this is Python "),
         ("missing commit", "is not in the repository at "),
         ("diff does not apply", "does not apply at commit "),
+        ("tensorboard only", "recorded its metrics without the jsonl backend"),
     ],
 )
 def test_a_run_that_cannot_be_rebuilt_is_one_line_and_exit_2(
@@ -390,6 +391,9 @@ def test_a_run_that_cannot_be_rebuilt_is_one_line_and_exit_2(
         target = _edited_copy(clean, copies, python_version="2.7.18")
     elif case == "missing commit":
         root, target = _rewritten(repo, tmp_path)
+    elif case == "tensorboard only":  # nothing to compare the rerun with
+        target = _edited_copy(clean, copies)
+        (target / "metrics.jsonl").unlink()
     else:
         target = _edited_copy(dirty, copies)
         patch = target / "git.diff"

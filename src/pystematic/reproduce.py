@@ -28,7 +28,7 @@ from typing import Any
 
 from . import diff, rundir
 from .context import LOOP_LIMIT_ENV
-from .errors import ConfigError, ReproduceError
+from .errors import ConfigError, ReproduceError, RunDirError
 from .metadata import environment_info, packages_text
 from .params import cli_name
 from .project import Project, load_project
@@ -316,7 +316,7 @@ def _command(
         "--params-file", str(original.path / "parameters.toml"),
         "--output-dir", str(output_dir),
     ]  # fmt: skip
-    if "--recorder" not in options.flags:
+    if not any(f == "--recorder" or f.startswith("--recorder=") for f in options.flags):
         command += _recorder_flags(project_root)
     return [*command, *options.flags]
 
@@ -366,7 +366,7 @@ def _new_run(output_dir: Path, experiment: str, before: set[Path], pid: int) -> 
     for path in sorted(set(folder.iterdir()) - before):
         try:
             data = rundir.read_run_json(path)
-        except OSError:
+        except RunDirError:
             continue
         if data.get("pid") == pid:
             return path
