@@ -693,13 +693,19 @@ def reproduce_command(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Stop after N iterations of the outermost context.loop."),
+        typer.Option(
+            min=1, metavar="N", help="Stop after N iterations of the outermost context.loop."
+        ),
     ] = None,
     keep_worktree: Annotated[
-        bool, typer.Option(help="Keep the git worktree the rerun ran from.")
+        bool,
+        typer.Option("--keep-worktree", help="Keep the git worktree the rerun ran from."),
     ] = False,
     allow_package_drift: Annotated[
-        bool, typer.Option(help="Rerun even with another Python or torch version.")
+        bool,
+        typer.Option(
+            "--allow-package-drift", help="Rerun even with another Python or torch version."
+        ),
     ] = False,
     output_dir: Annotated[
         Path | None,

@@ -466,7 +466,8 @@ def reproduce(ref: str, project: Project, options: Options, output_dir: Path | N
         # Nothing is said before the code is rebuilt: an error above is its one line.
         code = f"commit {plan.commit[:12]}"
         if patch is not None:
-            code += f" + git.diff ({_patched_files(patch)} files)"
+            files = _patched_files(patch)
+            code += f" + git.diff ({files} file{'' if files == 1 else 's'})"
         print(f"reproduce: {original.experiment} {original.id} from {code}")
         for line in plan.drift.errors + plan.drift.warnings:
             print(f"warning: {line}", file=sys.stderr)
