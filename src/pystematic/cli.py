@@ -715,6 +715,62 @@ def diff_command(
     return 0 if result.metrics.identical else 1
 
 
+def reproduce_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run id or run dir.", show_default=False)],
+    flags: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="After --: parameter flags that override the run's (a rerun with changes).",
+            show_default=False,
+        ),
+    ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Compare metrics and seeds with the run's (default: unless parameters changed).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Stop after N iterations of the outermost context.loop."
+        ),
+    ] = None,
+    keep_worktree: Annotated[
+        bool,
+        typer.Option("--keep-worktree", help="Keep the git worktree the rerun ran from."),
+    ] = False,
+    allow_package_drift: Annotated[
+        bool,
+        typer.Option(
+            "--allow-package-drift", help="Rerun even with another Python or torch version."
+        ),
+    ] = False,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run ids are looked up and the rerun goes (default: config)."),
+    ] = None,
+) -> int:
+    """Rerun a past run from its own code (commit + git.diff) and compare, bit for bit.
+
+    Exit 0 when the rerun reproduces the run, 1 when its metrics or seeds differ.
+    """
+    from .reproduce import Options, reproduce
+
+    options = Options(
+        verify=verify,
+        steps=steps,
+        keep_worktree=keep_worktree,
+        allow_package_drift=allow_package_drift,
+        flags=tuple(flags or ()),
+    )
+    folder = output_dir.resolve() if output_dir else None
+    return reproduce(run, _state(ctx).project(), options, folder)
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -764,6 +820,7 @@ def build_app() -> Any:
     app.command("list")(list_command)
     app.command("runs")(runs_command)
     app.command("diff")(diff_command)
+    app.command("reproduce")(reproduce_command)
     group = typer.main.get_command(app)
     for kind, help_text in EXPERIMENT_COMMANDS.items():
         group.add_command(  # type: ignore[attr-defined]

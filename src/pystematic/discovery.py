@@ -159,8 +159,14 @@ def _module_files(name: str, root: Path) -> list[Path]:
     if spec.submodule_search_locations:
         files: list[Path] = []
         for location in spec.submodule_search_locations:
-            files.extend(sorted(Path(location).rglob("*.py")))
-        return [f for f in files if not any(part.startswith(".") for part in f.parts)]
+            # Dot-folders inside the package are skipped, not those above it (a project
+            # under ~/.work, or a `reproduce` worktree, is a project like any other).
+            files.extend(
+                f
+                for f in sorted(Path(location).rglob("*.py"))
+                if not any(part.startswith(".") for part in f.relative_to(location).parts)
+            )
+        return files
     return [Path(spec.origin)] if spec.origin else []
 
 

@@ -75,6 +75,7 @@ def run_experiment(
             f"{running.output_dir.parent.name!r}: one experiment runs at a time in a process"
         )
     env = distributed.detect_environment()
+    loop_limit = loop_limit_from_environment()
     with ExitStack() as group:
         rank, world_size, local_rank = (
             (env.rank, env.world_size, env.local_rank) if env else (0, 1, 0)
@@ -97,11 +98,28 @@ def run_experiment(
             local_rank=local_rank,
             world_size=world_size,
             device=_device(env, backend),
+            loop_limit=loop_limit,
         )
         outcome = session.run()
         if env is not None and outcome.exit_code != EXIT_OK:
             group.pop_all()  # a failed rank leaves the group to the launcher's teardown
         return outcome
+
+
+def loop_limit_from_environment() -> int | None:
+    """The iteration limit a parent command (``reproduce --steps``) handed down, read once."""
+    text = os.environ.pop(context_module.LOOP_LIMIT_ENV, None)
+    if text is None:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PystematicError(
+            f"{context_module.LOOP_LIMIT_ENV} must be a positive integer, got {text!r}"
+        )
+    return limit
 
 
 def _join_group(env: distributed.DistEnv, backend: str, stack: ExitStack) -> None:
@@ -192,6 +210,7 @@ class RunSession:
         local_rank: int,
         world_size: int,
         device: Any,
+        loop_limit: int | None = None,
     ) -> None:
         self.info = info
         self.project = project
@@ -201,6 +220,7 @@ class RunSession:
         self.local_rank = local_rank
         self.world_size = world_size
         self.device = device
+        self.loop_limit = loop_limit
         self.end: dict[str, Any] = {"status": "completed"}
         self.outcome = RunOutcome(EXIT_OK)
         self.began = time.time()
@@ -268,6 +288,7 @@ class RunSession:
             world_size=self.world_size,
             device=self.device,
             resume_from=_resume_from(values) if self.started.resumed else None,
+            loop_limit=self.loop_limit,
         )
         context_module.set_current(ctx)
         stack.callback(context_module.set_current, None)
@@ -291,6 +312,18 @@ class RunSession:
     def _classify(self, e: BaseException) -> None:
         """The status, exit code and error a way out of main stands for."""
         self.outcome.error = e
+        if isinstance(e, context_module.LoopLimitReached):
+            # Asked for (reproduce --steps): the run is complete as far as it was to go.
+            self.outcome.error = None
+            note = f"stopped after {e.iterations} iterations of the outermost context.loop"
+            self.end = {
+                "status": "completed",
+                "note": note,
+                "stopped_after": {"iterations": e.iterations, "global_step": e.global_step},
+            }
+            if self.rank == 0:
+                log.info("%s (step limit)", note)
+            return
         if isinstance(e, KeyboardInterrupt):
             self.outcome.exit_code = EXIT_SIGINT
             self.end = {"status": "interrupted", "error": "KeyboardInterrupt"}
