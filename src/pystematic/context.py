@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from . import seeding
 from .errors import PystematicError
 from .params import Params
-from .training import Counter, LoopState, load_torch, progress, restore_state, save_torch, state_of
+from .progress import progress
+from .training import Counter, LoopState, load_torch, restore_state, save_torch, state_of
 
 if TYPE_CHECKING:
     import numpy as np

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import distributed, rundir, seeding
+from . import distributed, globalstate, rundir, seeding
 from .context import Context, set_current
 from .errors import ParameterError, PystematicError, RunDirError
 from .experiment import Experiment
@@ -162,12 +162,6 @@ def _heartbeat(run_dir: Path, ctx: Context, stop: threading.Event) -> None:
             rundir.update_run_json(
                 run_dir, {"heartbeat": rundir.now_iso(), "metrics": ctx.recorder.last_scalars}
             )
-
-
-def _configure_logging(debug: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
 
 
 def _start_record(
@@ -326,6 +320,9 @@ def execute(
     log_name = "output.log" if world_size == 1 else f"output.rank{rank}.log"
     capture = OutputCapture(run_dir / log_name)
     capture.start()
+    # [console] The run's logging; logging, torch flags and signal handlers restored after.
+    run_globals = contextlib.ExitStack()
+    run_globals.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
     previous_sigterm = _install_sigterm()
     recorder: Recorder | None = None
     stop_heartbeat = threading.Event()
@@ -335,7 +332,6 @@ def execute(
     end: dict[str, Any] = {"status": "completed"}
     try:
         # Setup failures count as the run's failure too: run.json must never stay "running".
-        _configure_logging(bool(values.get("debug")))
         seeding.set_current_rank(rank)
         seeding.seed_all(seed)
         seeding.set_deterministic(bool(values.get("deterministic")))
@@ -413,6 +409,7 @@ def execute(
                 signal.signal(signal.SIGTERM, previous_sigterm)
             if previous_sigint is not None:
                 signal.signal(signal.SIGINT, previous_sigint)
+            run_globals.close()  # [console]
             capture.stop()
             if joined and end["status"] == "completed":
                 import torch.distributed as dist
@@ -445,7 +442,17 @@ def run_from_python(exp: Experiment, overrides: dict[str, Any]) -> Any:
 def _project_for(exp: Experiment) -> Project:
     from .project import load_project
 
-    return load_project(script=exp.file) if exp.file else load_project()
+    # [console] Defined in a notebook, IPython or `python -c`: no source file of a project,
+    # so the project is found from the working folder, as the CLI finds it.
+    if exp.file is None or not exp.file.is_file() or _interactive_main(exp):
+        return load_project()
+    return load_project(script=exp.file)
+
+
+def _interactive_main(exp: Experiment) -> bool:  # [console]
+    """Defined in the ``__main__`` of an interactive session (a Jupyter cell's temp file)."""
+    main = sys.modules.get("__main__")
+    return exp.module == "__main__" and not getattr(main, "__file__", None)
 
 
 def rank_entry(job: RankJob) -> None:

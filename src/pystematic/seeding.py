@@ -41,6 +41,7 @@ __all__ = [
     "seed_sync_problems",
     "set_current_rank",
     "set_deterministic",
+    "snapshot_determinism",
     "worker_init_fn",
 ]
 
@@ -110,6 +111,40 @@ def set_deterministic(enabled: bool) -> None:
         or "torch._inductor.config" in sys.modules
     ):
         torch.use_deterministic_algorithms(enabled)
+
+
+def snapshot_determinism() -> Callable[[], None]:
+    """Remember torch's determinism switches; the function returned puts them back.
+
+    Covers what :func:`set_deterministic` touches: ``use_deterministic_algorithms`` (and
+    its ``warn_only``), ``cudnn.deterministic``, ``cudnn.benchmark`` and
+    ``CUBLAS_WORKSPACE_CONFIG``, so a notebook that ran an experiment with
+    ``deterministic=True`` is not left in deterministic mode.
+    """
+    import torch
+
+    cudnn = torch.backends.cudnn
+    algorithms = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    flags = (cudnn.deterministic, cudnn.benchmark)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
+    def restore() -> None:
+        cudnn.deterministic, cudnn.benchmark = flags
+        now = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        if now != algorithms:  # (the call costs ~1 s the first time: only when needed)
+            torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+    return restore
 
 
 @dataclass(frozen=True)

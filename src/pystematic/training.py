@@ -1,11 +1,8 @@
-"""Training helpers: the progress loop, counters and atomic checkpoints."""
+"""Training helpers: counters, loop positions and atomic checkpoints."""
 
 from __future__ import annotations
 
 import io
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,26 +30,6 @@ class LoopState:
     """Positions of the run's loops, outermost first; saved in checkpoints."""
 
     positions: list[int] = field(default_factory=list)
-
-
-def progress(n: int, desc: str, *, start: int, enabled: bool) -> Iterator[int]:
-    """Yield ``start..n-1`` with a rich bar on a terminal and a plain line per step elsewhere."""
-    if not enabled:
-        yield from range(start, n)
-        return
-    if sys.stderr.isatty():
-        from rich.progress import Progress
-
-        with Progress(transient=False) as bar:
-            task = bar.add_task(desc or "loop", total=n, completed=start)
-            for i in range(start, n):
-                yield i
-                bar.advance(task)
-        return
-    began = time.monotonic()
-    for i in range(start, n):
-        yield i
-        print(f"{desc or 'loop'} {i + 1}/{n} ({time.monotonic() - began:.1f}s)", file=sys.stderr)
 
 
 def save_torch(obj: Any, path: Path) -> None:
