@@ -131,9 +131,8 @@ class _StandIn:
         self.original = original
 
     def write(self, text: str) -> int:
-        if not self._display.accepts():
+        if not self._display.enqueue(self._name, text):
             return self.original.write(text)
-        self._display.enqueue(self._name, text)
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -164,7 +163,6 @@ class _Display:
         )
 
         self.pid = os.getpid()
-        self._stream = stream
         self._console: Console = Console(file=stream)
         final: list[ProgressColumn] = [
             TextColumn("{task.description}"),
@@ -284,8 +282,14 @@ class _Display:
     def accepts(self) -> bool:
         return self._open and os.getpid() == self.pid
 
-    def enqueue(self, name: str, text: str) -> None:
+    def enqueue(self, name: str, text: str) -> bool:
+        """Queue text written to a stand-in; False once the display is closed (or in a
+        forked child, whose copy of the lock may be held forever): write it directly."""
+        if os.getpid() != self.pid:
+            return False
         with self._lock:
+            if not self._open:
+                return False
             text = self._partial.pop(name, "") + text
             cut = text.rfind("\n")
             if cut >= 0:
@@ -295,13 +299,17 @@ class _Display:
                 rest = rest[rest.rfind("\r") :]  # a line redrawn by \r: only its last state
             if rest:
                 self._partial[name] = rest
+        return True
 
     # -- drawing ---------------------------------------------------------------------------
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(_REFRESH_S):
-            with self._lock:
-                self._flush()
+        try:
+            while not self._stop.wait(_REFRESH_S):
+                with self._lock:
+                    self._flush()
+        except Exception:  # (the terminal went away): what is queued goes out at close()
+            return
 
     def _flush(self) -> None:
         """One write: what was queued goes above, then the rows are redrawn below it."""
