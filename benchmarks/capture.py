@@ -8,20 +8,30 @@ Commands, interleaved (DESIGN.md section 11), stdout and stderr to /dev/null:
 - with ``--compare-src DIR``, also ``pystematic run (DIR)``: the same run with another
   source tree of pystematic first on ``PYTHONPATH`` (an older checkout: before/after).
 
+With ``--tty`` the runs write to a pseudo-terminal (drained by this script) instead, as
+on a user's terminal, and the lines are printed inside a live ``context.loop`` display
+(``pystematic run``) or with no loop around them (``pystematic run, no loop``; the
+baseline): what queueing prints above the progress rows costs.
+
 Also times the log filter alone (``_CarriageReturnFilter.feed`` over the same 200k lines
 in 1 MiB chunks, as the reader thread sees them), interleaved with DIR's filter when
 given. There is no target in DESIGN.md: the numbers say whether the capture got slower.
 
-    python benchmarks/capture.py [--rounds 9] [--lines 200000] [--compare-src DIR] [--json]
+    python benchmarks/capture.py [--rounds 9] [--lines 200000] [--tty] [--compare-src DIR]
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import os
 import shutil
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 from types import ModuleType
@@ -35,10 +45,11 @@ import torch
 
 
 @ps.parameter("lines", type=int, default=1)
+@ps.parameter("loop", type=bool, default=True)
 @ps.experiment
 def printer(params, context):
     """Prints a lot."""
-    for epoch in context.loop(2, desc="epoch"):
+    for epoch in context.loop(2, desc="epoch") if params.loop else range(2):
         for i in range(params.lines // 2):
             print(f"epoch {epoch} line {i} loss 0.123456")
 '''
@@ -53,6 +64,46 @@ for epoch in range(2):
     for i in range(lines // 2):
         print(f"epoch {epoch} line {i} loss 0.123456")
 """
+
+
+def _timed_in_pty(argv: list[str], cwd: Path) -> float:
+    """Wall time of one process whose stdin, stdout and stderr are a 40x120 terminal."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    begin = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    tail = b""
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: every writer is gone
+            break
+        if not data:
+            break
+        tail = (tail + data)[-2000:]
+    os.close(master)
+    if proc.wait() != 0:
+        raise _timing.CommandFailed(
+            f"exit {proc.returncode}: {argv}\n{tail.decode(errors='replace')}"
+        )
+    return time.perf_counter() - begin
+
+
+def _interleave_in_pty(
+    commands: dict[str, list[str]], rounds: int, cwd: Path, args: Any
+) -> dict[str, _timing.Stats]:
+    stats = {name: _timing.Stats(name, argv) for name, argv in commands.items()}
+    names = list(commands)
+    for i in range(rounds + 1):  # the first round warms up
+        for name in names if i % 2 == 0 else names[::-1]:
+            elapsed = _timed_in_pty(commands[name], cwd)
+            if i:
+                stats[name].times.append(elapsed)
+        if i:
+            medians = ", ".join(f"{n} {statistics.median(stats[n].times):.3f}s" for n in names)
+            _timing.log(args, f"  round {i}/{rounds}: medians so far {medians}")
+    return stats
 
 
 def _load_capture(src: Path) -> ModuleType:
@@ -92,6 +143,7 @@ def main() -> None:
     p = _timing.parser(__doc__.split("\n\n")[0])
     p.add_argument("--lines", type=int, default=200_000, help="lines printed (default 200k)")
     p.add_argument("--compare-src", type=Path, help="another pystematic source tree (its src/)")
+    p.add_argument("--tty", action="store_true", help="write to a pseudo-terminal, as a user sees")
     args = _timing.parse(p)
     compare = args.compare_src.resolve() if args.compare_src else None
     tmp = Path(tempfile.mkdtemp(prefix="pystematic-capture-bench-"))
@@ -106,6 +158,8 @@ def main() -> None:
             "baseline": [sys.executable, str(tmp / "baseline.py"), lines],
             "pystematic run": [*_timing.pystematic_exe(), *run],
         }
+        if args.tty:
+            commands["baseline"] = [*_timing.pystematic_exe(), *run, "--no-loop"]
         if compare is not None:
             commands[f"pystematic run ({compare.name})"] = [
                 "env",
@@ -115,14 +169,19 @@ def main() -> None:
                 "pystematic",
                 *run,
             ]
-        stats = _timing.interleave(commands, args.rounds, cwd=root, args=args, timeout=600)
+        if args.tty:
+            stats = _interleave_in_pty(commands, args.rounds, root, args)
+            notes.append("on a pty; baseline: the same run without a loop around the prints")
+        else:
+            stats = _timing.interleave(commands, args.rounds, cwd=root, args=args, timeout=600)
         base = stats["baseline"].median
         for name in stats:
             if name != "baseline":
                 extra, ratio = stats[name].median - base, stats[name].median / base
                 notes.append(f"{name}: {ratio:.3f} x the baseline, {extra * 1000:+.0f} ms")
-        logs = sorted((root / "output" / "printer").glob("*/output.log"))
-        notes.append(f"output.log of the last run: {len(logs[-1].read_text().splitlines())} lines")
+        logs = (root / "output" / "printer").glob("*/output.log")
+        counts = sorted({len(log.read_text().splitlines()) for log in logs})
+        notes.append(f"lines in the runs' output.log files: {counts}")
 
         src = Path(__file__).resolve().parent.parent / "src"
         sources = {"filter": src, **({f"filter ({compare.name})": compare} if compare else {})}
