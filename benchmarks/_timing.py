@@ -4,7 +4,7 @@ DESIGN.md section 11: every benchmark compares against a baseline measured in th
 run, the commands interleaved (alternating which goes first), at least 9 rounds, and
 reports the ratio of the medians. These machines are noisy; a single timing means nothing.
 
-Used by ``startup.py``, ``run_overhead.py`` and ``launch.py`` (run them as scripts:
+Used by ``startup.py``, ``run_overhead.py``, ``launch.py`` and ``capture.py`` (run them as scripts:
 ``python benchmarks/startup.py``; this module is imported from the same folder).
 """
 

@@ -25,11 +25,10 @@ from types import FrameType
 from typing import Any
 
 from . import context as context_module
-from . import distributed, rundir, seeding
+from . import distributed, globalstate, rundir, seeding
 from .discovery import ExperimentInfo
 from .errors import PystematicError
 from .params import Params
-from .progress import configure_logging
 from .project import Project
 from .start import Probes, StartedRun, start_run
 
@@ -256,10 +255,10 @@ class RunSession:
         capture = OutputCapture(run_dir / log_name)
         capture.start()
         stack.callback(capture.stop)
+        # Logging, torch's flags and signal handlers go back as they were (a notebook).
+        stack.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
         stack.enter_context(_sigterm_raises())
         stack.callback(self._write_final_record)
-        stack.callback(configure_logging(bool(values.get("debug"))))
-        stack.callback(seeding.deterministic_restorer())
         seeding.set_current_rank(self.rank)
         seeding.seed_all(self.started.seed)
         seeding.set_deterministic(bool(values.get("deterministic")))
