@@ -35,6 +35,7 @@ ERRORS = {
     "DistributedError",
     "ParameterError",
     "PystematicError",
+    "ReproduceError",
     "RunDirError",
     "UnknownExperimentError",
 }

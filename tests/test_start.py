@@ -140,3 +140,17 @@ def test_a_requeued_job_finds_its_newest_unfinished_run(
     assert requeued_run(tmp_path, ["run", "train", "--epochs", "4"]) is None
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     assert requeued_run(tmp_path, argv) is None
+
+
+def test_bad_inputs_found_by_the_faults_suite(project: Project) -> None:
+    """Each was a traceback in 0.1.0: now one line, exit 2, nothing created."""
+    project.write("exps.py", EXPS)
+    project.root.joinpath("latin1.toml").write_bytes(b'epochs = "\xff"\n')
+    cases = {
+        ("--random-seed", "-1"): "invalid value for --random-seed: -1 is not in 0..2**32-1",
+        ("--tag", "\udcff"): "is not valid UTF-8 text (from cli)",
+        ("--params-file", "latin1.toml"): "latin1.toml: not UTF-8 text",
+    }
+    for args, needle in cases.items():
+        error_line(project.run("run", "train", *args), needle)
+    assert not (project.root / "output").exists()

@@ -15,6 +15,7 @@ from .errors import (
     DistributedError,
     ParameterError,
     PystematicError,
+    ReproduceError,
     RunDirError,
     UnknownExperimentError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Params",
     "PystematicError",
     "Recorder",
+    "ReproduceError",
     "RunDirError",
     "UnknownExperimentError",
     "__version__",

@@ -30,6 +30,7 @@ KNOWN_KEYS = {
     "recorder",
     "defaults",
     "experiments",
+    "mlflow",
 }
 # Folders never scanned, whatever the config says.
 ALWAYS_EXCLUDED = ("tests", "test", "venv", "env", "node_modules", "__pycache__", "site-packages")
@@ -49,6 +50,7 @@ class Project:
     recorder: tuple[str, ...] = DEFAULT_BACKENDS
     defaults: dict[str, Any] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlflow: dict[str, Any] = field(default_factory=dict)  # [mlflow]: the recorder backend's
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -58,6 +60,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
@@ -200,4 +204,5 @@ def load_project(
         recorder=recorder,
         defaults=defaults,
         experiments=experiments,
+        mlflow=_table(table.get("mlflow", {}), "mlflow", config_file),
     )
