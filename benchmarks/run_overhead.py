@@ -1,4 +1,4 @@
-"""Benchmark: overhead of ``pystematic run`` (DESIGN.md section 11).
+"""Benchmark: overhead of ``pystematic run`` (targets: the README's performance table).
 
 Target: ``pystematic run`` of a trivial experiment that imports torch takes <= 1.05 x the
 wall time of a plain script that parses ``--n`` with argparse, imports torch and prints.
