@@ -1,4 +1,4 @@
-"""Benchmark: ``pystematic distributed --nproc 2`` against torchrun (targets: the README's performance table).
+"""Benchmark: ``pystematic distributed --nproc 2`` against torchrun.
 
 Target: ``pystematic distributed trivial --nproc 2`` takes <= 1.10 x the wall time of
 ``torchrun --nproc_per_node 2 --standalone worker.py`` running the same work.
