@@ -39,7 +39,7 @@ from .params import (
     resolve_parameters,
     to_toml_value,
 )
-from .project import Project, check_experiment_tables, load_project
+from .project import Project, check_experiment_tables, load_project, project_for_file
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -66,11 +66,10 @@ class CliState:
     only: list[ExperimentInfo] | None = None  # exp.cli() / group.cli(): these, no discovery
     raise_errors: bool = False  # exit_on_error=False: main's value and errors come back
     project_flag: Path | None = None
-    result: Any = None
     _project: Project | None = None
     _found: Discovered | None = None
     _probes: Any = None
-    _warned: bool = field(default=False)
+    _warned: bool = False
 
     def project(self) -> Project:
         if self._project is None:
@@ -122,15 +121,6 @@ class CliState:
             )
         self._found = found
         return real
-
-
-def project_for_file(file: str | None) -> Project:
-    """The project of an experiment's source file; the working folder's for code that has no
-    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
-    path = Path(file) if file and file != "None" else None
-    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
-        return load_project(script=path)
-    return load_project()
 
 
 def _state(ctx: ClickContext) -> CliState:
