@@ -39,7 +39,7 @@ from .params import (
     resolve_parameters,
     to_toml_value,
 )
-from .project import Project, check_experiment_tables, load_project
+from .project import Project, check_experiment_tables, load_project, project_for_file
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -66,11 +66,10 @@ class CliState:
     only: list[ExperimentInfo] | None = None  # exp.cli() / group.cli(): these, no discovery
     raise_errors: bool = False  # exit_on_error=False: main's value and errors come back
     project_flag: Path | None = None
-    result: Any = None
     _project: Project | None = None
     _found: Discovered | None = None
     _probes: Any = None
-    _warned: bool = field(default=False)
+    _warned: bool = False
 
     def project(self) -> Project:
         if self._project is None:
@@ -122,15 +121,6 @@ class CliState:
             )
         self._found = found
         return real
-
-
-def project_for_file(file: str | None) -> Project:
-    """The project of an experiment's source file; the working folder's for code that has no
-    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
-    path = Path(file) if file and file != "None" else None
-    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
-        return load_project(script=path)
-    return load_project()
 
 
 def _state(ctx: ClickContext) -> CliState:
@@ -791,8 +781,42 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class RootCommands(TyperGroup):
+    """The ``pystematic`` group: a command is made when it is asked for, so a call
+    builds only the one it runs (Typer reads a function's annotations to build it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.makers: dict[str, Callable[[], Any]] = {}
+
+    def list_commands(self, ctx: ClickContext) -> list[str]:
+        return [*self.makers, *(n for n in self.commands if n not in self.makers)]
+
+    def get_command(self, ctx: ClickContext, name: str) -> Any:
+        if name not in self.commands and name in self.makers:
+            self.commands[name] = self.makers[name]()
+        return self.commands.get(name)
+
+
+def _typer_command(name: str, function: Callable[..., Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        return typer.main.get_command_from_info(
+            CommandInfo(name=name, callback=function),
+            pretty_exceptions_short=True,
+            rich_markup_mode=typer.core.DEFAULT_MARKUP_MODE,
+        )
+
+    return make
+
+
+def _experiment_group(kind: str) -> Callable[[], Any]:
+    return lambda: ExperimentCommands(
+        kind=kind, name=kind, help=EXPERIMENT_COMMANDS[kind], no_args_is_help=True
+    )
+
+
 def build_app() -> Any:
-    """The whole CLI as a click group; experiment commands are built only when asked for."""
+    """The whole CLI as a click group; commands are built only when asked for."""
     app = typer.Typer(
         name="pystematic",
         help="Set up, run and keep track of reproducible PyTorch experiments.",
@@ -800,6 +824,7 @@ def build_app() -> Any:
         pretty_exceptions_enable=False,
         add_completion=True,
         context_settings=CONTEXT_SETTINGS,
+        cls=RootCommands,
     )
 
     @app.callback()
@@ -817,15 +842,17 @@ def build_app() -> Any:
     ) -> None:
         """Set up, run and keep track of reproducible PyTorch experiments."""
 
-    app.command("list")(list_command)
-    app.command("runs")(runs_command)
-    app.command("diff")(diff_command)
-    app.command("reproduce")(reproduce_command)
     group = typer.main.get_command(app)
-    for kind, help_text in EXPERIMENT_COMMANDS.items():
-        group.add_command(  # type: ignore[attr-defined]
-            ExperimentCommands(kind=kind, name=kind, help=help_text, no_args_is_help=True)
-        )
+    assert isinstance(group, RootCommands)
+    group.makers = {
+        "list": _typer_command("list", list_command),
+        "run": _experiment_group("run"),
+        "show-params": _experiment_group("show-params"),
+        "distributed": _experiment_group("distributed"),
+        "runs": _typer_command("runs", runs_command),
+        "diff": _typer_command("diff", diff_command),
+        "reproduce": _typer_command("reproduce", reproduce_command),
+    }
     return group
 
 

@@ -26,6 +26,7 @@ from .params import (
     declared_order,
     resolve_parameters,
 )
+from .project import project_for_file
 
 MainFunction = Callable[..., Any]
 
@@ -278,7 +279,7 @@ class Experiment:
             name=self.name,
             groups=[(g.name, g.help) for g in (self.group.path if self.group else [])],
             module=self.module,
-            file=str(self.file),
+            file=str(self.file) if self.file else "",
             description=self.description,
             help=self.help,
             parameters=self.parameters,
@@ -292,7 +293,6 @@ class Experiment:
     def run(self, params: Mapping[str, Any] | None = None) -> Any:
         """Run from Python exactly as the CLI would; returns the main function's value and
         raises what it raised."""
-        from .cli import project_for_file
         from .runner import run_experiment
 
         info = self.describe()

@@ -206,3 +206,13 @@ def load_project(
         experiments=experiments,
         mlflow=_table(table.get("mlflow", {}), "mlflow", config_file),
     )
+
+
+def project_for_file(file: str) -> Project:
+    """The project of an experiment defined in *file*; the working folder's for code that has
+    no real source file (a notebook cell, IPython, ``python -c``: *file* is empty or a
+    kernel's temporary cell file)."""
+    path = Path(file) if file else None
+    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
+        return load_project(script=path)
+    return load_project()
