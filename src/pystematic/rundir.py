@@ -255,17 +255,9 @@ def note_restart(
         "after": {k: data.get(k) for k in ("status", "error", "failed_rank")},
     }
     resumes = [*data.get("resumes", []), entry]
-    fields: dict[str, Any] = {
-        "status": "running",
-        "end": None,
-        "error": None,
-        "traceback": None,
-        "failed_rank": None,
-        "heartbeat": now,
-        "resumes": resumes,
-    }
-    if take_over:
-        fields.update(pid=os.getpid(), host=hostname())
+    fields = {**_running(now), "resumes": resumes}
+    if not take_over:  # the launcher that wrote pid and host still runs the run
+        del fields["pid"], fields["host"]
     if checkpoint is None:
         fields["metrics"] = {}
     update_run_json(run_dir, fields, restart=True)
