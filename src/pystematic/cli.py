@@ -39,7 +39,7 @@ from .params import (
     resolve_parameters,
     to_toml_value,
 )
-from .project import Project, check_experiment_tables, load_project
+from .project import Project, check_experiment_tables, load_project, project_for_file
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -51,6 +51,7 @@ EXPERIMENT_COMMANDS = {
     "run": "Run an experiment in a new run folder.",
     "show-params": "Show an experiment's parameters, values and their sources.",
     "distributed": "Run an experiment on several ranks (elastic launcher).",
+    "sweep": "Run an experiment over a grid or random samples of its parameters.",
 }
 
 
@@ -122,15 +123,6 @@ class CliState:
             )
         self._found = found
         return real
-
-
-def project_for_file(file: str | None) -> Project:
-    """The project of an experiment's source file; the working folder's for code that has no
-    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
-    path = Path(file) if file and file != "None" else None
-    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
-        return load_project(script=path)
-    return load_project()
 
 
 def _state(ctx: ClickContext) -> CliState:
@@ -290,6 +282,73 @@ LAUNCH_OPTIONS = [
 JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
 
 
+# ---- `pystematic sweep` options (the sweep itself is sweep.py's)
+
+
+def _sweep_option(flag: str, kind: Any, help_text: str) -> tuple[str, Any, Any]:
+    name = "launch_" + flag.lstrip("-").replace("-", "_")
+    return name, kind | None, typer.Option(None, flag, help=help_text, rich_help_panel="sweep")
+
+
+SWEEP_OPTIONS = [
+    _sweep_option("--grid", list[str], "NAME=V1,V2,...: a run per value; grids multiply."),
+    _sweep_option(
+        "--sample",
+        list[str],
+        "NAME=DIST: uniform(a,b), loguniform(a,b), randint(a,b) or choice(v1,v2,...).",
+    ),
+    _sweep_option("--trials", int, "Points drawn from the --sample distributions."),
+    _sweep_option("--repeat", int, "Runs of each point, each with its own seed (default 1)."),
+    _sweep_option("--jobs", int, "Runs at a time (default 1, or the config's sweep.jobs)."),
+    _sweep_option("--gpus-per-job", int, "GPUs of each job slot (CUDA_VISIBLE_DEVICES)."),
+    _sweep_option("--executor", str, "local (default) or slurm (through submitit)."),
+    _sweep_option("--slurm-partition", str, "SLURM partition."),
+    _sweep_option("--slurm-time", str, "SLURM time limit: minutes or HH:MM:SS."),
+    _sweep_option("--slurm-gpus-per-task", int, "GPUs of each SLURM job."),
+    _sweep_option("--slurm-cpus-per-task", int, "CPUs of each SLURM job."),
+    _sweep_option("--slurm-array-parallelism", int, "SLURM jobs running at a time."),
+    _sweep_option("--sort", str, "Sort the runs table by a metric ('-' first: descending)."),
+    JSON_OPTION,
+]
+
+
+def _sweep_resume(resume: Path | None, jobs: int | None, sort: str | None, as_json: bool) -> Any:
+    """``pystematic sweep --resume SWEEP_DIR``: the group's own options, without an experiment."""
+    from typer._click.globals import get_current_context
+
+    from .sweep import resume_command
+
+    ctx = get_current_context()
+    if ctx.invoked_subcommand is not None:
+        if resume is not None or jobs is not None or sort is not None or as_json:
+            raise ParameterError(
+                "--resume, --jobs, --sort and --json before the experiment name continue a "
+                "sweep; to start one, give them after the name"
+            )
+        return None
+    if resume is None:
+        raise ParameterError("give an experiment to sweep, or --resume SWEEP_DIR")
+    return resume_command(resume, {"jobs": jobs}, sort=sort, as_json=as_json)
+
+
+def _sweep_group_options() -> dict[str, Any]:
+    from typer.core import TyperOption
+
+    def option(decls: list[str], kind: Any, help_text: str, **kw: Any) -> Any:
+        return TyperOption(param_decls=decls, type=kind, help=help_text, **kw)
+
+    return {
+        "invoke_without_command": True,
+        "callback": _sweep_resume,
+        "params": [
+            option(["--resume", "resume"], Path, "Continue the sweep in this sweep folder."),
+            option(["--jobs", "jobs"], int, "Runs at a time for the resumed sweep."),
+            option(["--sort", "sort"], str, "Sort the runs table by a metric."),
+            option(["--json", "as_json"], bool, "Print JSON.", is_flag=True, default=False),
+        ],
+    }
+
+
 def _effective_defaults(info: ExperimentInfo, project: Project) -> dict[str, Any]:
     """What a run would get without flags (config and environment included), for help."""
     try:
@@ -338,10 +397,20 @@ def experiment_command(kind: str, info: ExperimentInfo, effective: dict[str, Any
             )
     elif kind == "show-params":
         extra = [JSON_OPTION]
+    elif kind == "sweep":
+        extra = SWEEP_OPTIONS
+        names = {name.removeprefix("launch_") for name, _, _ in SWEEP_OPTIONS}
+        clash = sorted(names & {p.name for p in info.parameters})
+        if clash:
+            raise ParameterError(
+                f"parameter --{cli_name(clash[0])} of {info.id} clashes with the "
+                f"`sweep` option of that name; rename the parameter"
+            )
     helps = {
         "run": info.help,
         "show-params": f"Show the parameters of {info.id}; flags preview a run's values.",
         "distributed": f"Run {info.id} on several ranks through torch's elastic launcher.",
+        "sweep": f"Run {info.id} over a grid or random samples; other flags fix every run.",
     }
 
     def command(ctx: ClickContext, **kwargs: Any) -> Any:
@@ -468,10 +537,27 @@ def _handle_show_params(
     return 0
 
 
+def _handle_sweep(
+    state: CliState,
+    info: ExperimentInfo,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    as_json: bool,
+) -> int:
+    from .sweep import sweep_command
+
+    if info.computed_defaults or any(p.is_custom for p in info.parameters):
+        info = state.imported(info)  # the real callables decide the values
+    if state.only is None:
+        check_experiment_tables(state.project(), list(state.discovered().experiments))
+    return sweep_command(info, state.project(), values, options, state.argv, as_json=as_json)
+
+
 HANDLERS: dict[str, Callable[..., Any]] = {
     "run": _handle_run,
     "show-params": _handle_show_params,
     "distributed": _handle_distributed,
+    "sweep": _handle_sweep,
 }
 
 
@@ -724,8 +810,9 @@ def build_app() -> Any:
     app.command("diff")(diff_command)
     group = typer.main.get_command(app)
     for kind, help_text in EXPERIMENT_COMMANDS.items():
+        extra = _sweep_group_options() if kind == "sweep" else {}
         group.add_command(  # type: ignore[attr-defined]
-            ExperimentCommands(kind=kind, name=kind, help=help_text, no_args_is_help=True)
+            ExperimentCommands(kind=kind, name=kind, help=help_text, no_args_is_help=True, **extra)
         )
     return group
 

@@ -30,6 +30,7 @@ KNOWN_KEYS = {
     "recorder",
     "defaults",
     "experiments",
+    "sweep",
 }
 # Folders never scanned, whatever the config says.
 ALWAYS_EXCLUDED = ("tests", "test", "venv", "env", "node_modules", "__pycache__", "site-packages")
@@ -49,6 +50,7 @@ class Project:
     recorder: tuple[str, ...] = DEFAULT_BACKENDS
     defaults: dict[str, Any] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)  # [sweep], checked by sweep.py
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -189,6 +191,7 @@ def load_project(
     defaults = _table(table.get("defaults", {}), "defaults", config_file)
     experiments_table = _table(table.get("experiments", {}), "experiments", config_file)
     experiments = _experiment_tables(experiments_table, config_file)
+    sweep = _table(table.get("sweep", {}), "sweep", config_file)
     return Project(
         root=root,
         config_file=config_file,
@@ -200,4 +203,14 @@ def load_project(
         recorder=recorder,
         defaults=defaults,
         experiments=experiments,
+        sweep=sweep,
     )
+
+
+def project_for_file(file: str | None) -> Project:
+    """The project of an experiment's source file; the working folder's for code that has no
+    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
+    path = Path(file) if file and file != "None" else None
+    if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
+        return load_project(script=path)
+    return load_project()
