@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
+from .discovery import ExperimentInfo
 from .errors import DistributedError, PystematicError
+from .project import Project
 from .start import StartedRun
 
 #: What a child process runs: the pickled :class:`RunJob` comes on its stdin.
@@ -266,6 +268,68 @@ def _exit_reason(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+class RunProcess:
+    """A run in a child process, from ``exp.run_in_new_process(params)``: its run dir exists
+    already; ``join()``, ``exitcode``, ``is_alive()``, ``terminate()`` as with
+    ``multiprocessing.Process``. The child writes where this process does, and stays in its
+    process group (Ctrl-C in the terminal reaches it)."""
+
+    def __init__(self, job: ProcessJob) -> None:
+        self._job = job
+        assert job.run_dir is not None
+        self.run_dir: Path = job.run_dir
+
+    @property
+    def pid(self) -> int:
+        return self._job.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """The child's exit code (0 completed, 1 failed, 130/143 interrupted); None while it
+        runs."""
+        return self._job.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the run ends, or *timeout* seconds."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._job.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self._job.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM: the run stops and is recorded ``interrupted``."""
+        self._job.send(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._job.kill()
+
+    def __repr__(self) -> str:
+        return f"<RunProcess pid={self.pid} exitcode={self.exitcode} run_dir={self.run_dir}>"
+
+
+def start_in_new_process(
+    info: ExperimentInfo, project: Project, given: Mapping[str, Any]
+) -> RunProcess:
+    """Resolve *given* as ``exp.run`` does, start the run here, run it in a child process."""
+    from .params import BUILTIN_PARAMETERS, resolve_parameters
+    from .start import start_run
+
+    parameters = [*info.parameters, *BUILTIN_PARAMETERS]
+    resolved = resolve_parameters(info.id, parameters, info.defaults, project, dict(given))
+    started = start_run(info, project, resolved.values, resolved.snapshot(), [info.id])
+    job = RunJob(
+        experiment_id=info.id,
+        project_root=str(project.root),
+        file=info.file,
+        values=dict(started.values),
+        snapshot=dict(started.snapshot),
+        argv=[info.id],
+        started=started,
+    )
+    return RunProcess(ProcessJob(job, new_group=False, quiet=False))
 
 
 # ---------------------------------------------------------------- GPUs

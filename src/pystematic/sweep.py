@@ -182,9 +182,16 @@ def _checked(param: Parameter, value: Any, origin: str) -> Any:
     if not param.multiple and isinstance(value, list):
         raise ParameterError(f"{origin}: --{cli_name(param.name)} takes one value, not a list")
     converted = convert(param, value, origin)
+    if param.name == "random_seed":
+        _check_seed(converted, origin)
     if param.is_custom:
         return value
     return to_toml_value(converted)
+
+
+def _check_seed(seed: Any, origin: str) -> None:
+    if seed is not None and not 0 <= seed < seeding.SEED_BOUND:
+        raise ParameterError(f"{origin}: a seed is in [0, 2**32), got {seed}")
 
 
 def parse_grid(spec: str, params: Mapping[str, Parameter]) -> tuple[str, list[Any]]:
@@ -410,7 +417,9 @@ def slurm_minutes(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     text = str(value).strip()
-    days, _, clock = text.rpartition("-") if "-" in text else ("", "", text)
+    days, dash, clock = text.rpartition("-")
+    if dash and not days:  # "-5"
+        clock = ""
     try:
         parts = [int(p) for p in clock.split(":")]
         whole_days = int(days) if days else 0
@@ -486,7 +495,13 @@ class SweepRecord:
         return cls(path.parent, data)
 
     def save(self) -> None:
-        text = json.dumps(self.data, indent=1, default=str)
+        """Write sweep.json whole (atomically): one line a planned run, so a 1,000-run plan
+        stays small and greppable."""
+        head = json.dumps(
+            {k: v for k, v in self.data.items() if k != "runs"}, indent=1, default=str
+        )
+        runs = ",\n".join("  " + json.dumps(run, default=str) for run in self.runs)
+        text = head[:-2] + ',\n "runs": [\n' + runs + "\n ]\n}\n"
         rundir.write_atomic(self.folder / SWEEP_JSON, text.encode("utf-8"))
 
     def counts(self) -> dict[str, int]:
@@ -995,6 +1010,7 @@ def plan(
         if name in fixed:
             raise ParameterError(f"--{cli_name(name)} is both given and swept; give one")
     sweep_seed = convert(params["random_seed"], request.sweep_seed, "--random-seed")
+    _check_seed(sweep_seed, "--random-seed")
     drawn = sweep_seed is None
     if sweep_seed is None:
         sweep_seed = seeding.draw_seed()
