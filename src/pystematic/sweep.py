@@ -585,6 +585,8 @@ class _SubmititHandle:
         return bool(self.job.done())
 
     def result(self) -> JobResult:
+        if not self.job.done():  # cancelled, and SLURM has not said so yet
+            return JobResult(None, 143, "interrupted", "cancelled")
         try:
             result = self.job.result()
         except Exception as e:  # the job itself failed: its last line says why
@@ -601,6 +603,17 @@ class _SubmititHandle:
         self.stop(signal.SIGKILL)
 
 
+def _submitit() -> Any:
+    """The submitit module, or one line saying how to install it."""
+    try:
+        import submitit
+    except ImportError:
+        raise PystematicError(
+            "--executor slurm needs submitit: pip install 'pystematic[slurm]'"
+        ) from None
+    return submitit
+
+
 class SubmititExecutor:
     """``--executor slurm``: each run a SLURM job (one job array per batch) through submitit;
     SLURM schedules them (``array_parallelism`` at a time); each job starts its run on its
@@ -609,12 +622,7 @@ class SubmititExecutor:
     starts_runs = False
 
     def __init__(self, folder: Path, slurm: Mapping[str, Any], name: str) -> None:
-        try:
-            import submitit
-        except ImportError:
-            raise PystematicError(
-                "--executor slurm needs submitit: pip install 'pystematic[slurm]'"
-            ) from None
+        submitit = _submitit()
         cluster = os.environ.get(SUBMITIT_CLUSTER_ENV, "slurm")
         self.executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cluster)
         parameters = {SLURM_KEYS[k]: v for k, v in slurm.items() if v is not None}
@@ -1025,6 +1033,8 @@ def plan(
                     raise ParameterError(
                         f"point {i}: unknown parameter {key!r}" + did_you_mean(name, names)
                     )
+                if params[name].builtin and name not in SWEEPABLE_BUILTINS:
+                    raise ParameterError(f"point {i}: {key!r} cannot vary between the runs")
                 if value is not None:
                     checked[name] = _checked(params[name], value, f"point {i}")
             points.append(checked)
@@ -1079,6 +1089,8 @@ def start_sweep(
         check_backends(first.values.get("recorder") or project.recorder)
     if sweep_settings.executor == "local" and sweep_settings.gpus_per_job:
         gpu_slots(visible_gpus(), sweep_settings.jobs, sweep_settings.gpus_per_job)
+    if sweep_settings.executor == "slurm":
+        _submitit()
     folder = output_dir(clean, project) / info.id / SWEEPS_DIR
     record = SweepRecord.create(folder, data)
     return Sweep(record, info, project, dict(clean), sweep_settings)
