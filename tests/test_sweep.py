@@ -270,3 +270,25 @@ def test_resume_needs_a_sweep_folder(
         assert out == "" and err.startswith("error: ") and message in err, err
         assert err.count("\n") == 1, err
     assert not (toy_root / "output").exists()
+
+
+def test_run_parameter_sweep_checks_its_points_first() -> None:
+    @ps.parameter("lr", type=float, default=0.1)
+    @ps.experiment
+    def tiny(params: ps.Params) -> None:
+        """Never runs here."""
+
+    cases = [
+        ([{"lrr": 1}], "point 0: unknown parameter 'lrr' (did you mean 'lr'?)"),
+        ([{"lr": "fast"}], "invalid value for --lr: 'fast' is not a float (from point 0)"),
+        ([{"output_dir": "x"}], "point 0: 'output_dir' cannot vary between the runs"),
+        ([], "run_parameter_sweep: no parameter dicts given"),
+    ]
+    for points, message in cases:
+        with pytest.raises(ParameterError, match=re.escape(message)):
+            ps.run_parameter_sweep(tiny, points, max_num_processes=2)
+    with pytest.raises(ParameterError, match="--jobs 0: need at least 1"):
+        ps.run_parameter_sweep(tiny, [{}], max_num_processes=0)
+    with pytest.raises(ParameterError, match="takes an experiment"):
+        ps.run_parameter_sweep(print, [{}])
+    assert not (Path(__file__).parent / "output").exists()

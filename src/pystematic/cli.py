@@ -286,29 +286,31 @@ JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."
 # ---- `pystematic sweep` options (the sweep itself is sweep.py's)
 
 
-def _sweep_option(flag: str, kind: Any, help_text: str) -> tuple[str, Any, Any]:
+def _sweep_option(flag: str, kind: Any, metavar: str, help_text: str) -> tuple[str, Any, Any]:
     name = "launch_" + flag.lstrip("-").replace("-", "_")
-    return name, kind | None, typer.Option(None, flag, help=help_text, rich_help_panel="sweep")
+    option = typer.Option(None, flag, help=help_text, metavar=metavar, rich_help_panel="sweep")
+    return name, kind | None, option
 
 
 SWEEP_OPTIONS = [
-    _sweep_option("--grid", list[str], "NAME=V1,V2,...: a run per value; grids multiply."),
+    _sweep_option("--grid", list[str], "NAME=V1,V2", "A run per value; grids multiply."),
     _sweep_option(
         "--sample",
         list[str],
-        "NAME=DIST: uniform(a,b), loguniform(a,b), randint(a,b) or choice(v1,v2,...).",
+        "NAME=DIST",
+        "DIST: uniform(a,b), loguniform(a,b), randint(a,b) or choice(v1,v2,...).",
     ),
-    _sweep_option("--trials", int, "Points drawn from the --sample distributions."),
-    _sweep_option("--repeat", int, "Runs of each point, each with its own seed (default 1)."),
-    _sweep_option("--jobs", int, "Runs at a time (default 1, or the config's sweep.jobs)."),
-    _sweep_option("--gpus-per-job", int, "GPUs of each job slot (CUDA_VISIBLE_DEVICES)."),
-    _sweep_option("--executor", str, "local (default) or slurm (through submitit)."),
-    _sweep_option("--slurm-partition", str, "SLURM partition."),
-    _sweep_option("--slurm-time", str, "SLURM time limit: minutes or HH:MM:SS."),
-    _sweep_option("--slurm-gpus-per-task", int, "GPUs of each SLURM job."),
-    _sweep_option("--slurm-cpus-per-task", int, "CPUs of each SLURM job."),
-    _sweep_option("--slurm-array-parallelism", int, "SLURM jobs running at a time."),
-    _sweep_option("--sort", str, "Sort the runs table by a metric ('-' first: descending)."),
+    _sweep_option("--trials", int, "N", "Points drawn from the --sample distributions."),
+    _sweep_option("--repeat", int, "R", "Runs of each point, each with its own seed (default 1)."),
+    _sweep_option("--jobs", int, "J", "Runs at a time (default 1, or the config's sweep.jobs)."),
+    _sweep_option("--gpus-per-job", int, "K", "GPUs of each job slot (CUDA_VISIBLE_DEVICES)."),
+    _sweep_option("--executor", str, "local|slurm", "Where runs go (default local)."),
+    _sweep_option("--slurm-partition", str, "NAME", "SLURM partition."),
+    _sweep_option("--slurm-time", str, "TIME", "SLURM time limit: minutes or HH:MM:SS."),
+    _sweep_option("--slurm-gpus-per-task", int, "N", "GPUs of each SLURM job."),
+    _sweep_option("--slurm-cpus-per-task", int, "N", "CPUs of each SLURM job."),
+    _sweep_option("--slurm-array-parallelism", int, "N", "SLURM jobs running at a time."),
+    _sweep_option("--sort", str, "METRIC", "Sort the runs table ('-METRIC': descending)."),
     JSON_OPTION,
 ]
 
@@ -342,9 +344,9 @@ def _sweep_group_options() -> dict[str, Any]:
         "invoke_without_command": True,
         "callback": _sweep_resume,
         "params": [
-            option(["--resume", "resume"], Path, "Continue the sweep in this sweep folder."),
-            option(["--jobs", "jobs"], int, "Runs at a time for the resumed sweep."),
-            option(["--sort", "sort"], str, "Sort the runs table by a metric."),
+            option(["--resume", "resume"], Path, "Continue this sweep.", metavar="SWEEP_DIR"),
+            option(["--jobs", "jobs"], int, "Runs at a time (resumed sweep).", metavar="J"),
+            option(["--sort", "sort"], str, "Sort the runs table.", metavar="METRIC"),
             option(["--json", "as_json"], bool, "Print JSON.", is_flag=True, default=False),
         ],
     }

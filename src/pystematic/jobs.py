@@ -165,9 +165,9 @@ class ProcessJob:
     """A run in a child process on this machine.
 
     ``new_group``: the child leads its own process group (a sweep's runs: the terminal's
-    Ctrl-C reaches the sweep, which stops them; a signal to the group reaches everything
-    the run started). ``quiet``: the child's stdout and stderr are dropped (each run keeps
-    its own output.log); otherwise it writes where this process does.
+    Ctrl-C reaches the sweep alone, which stops them; a signal to the group reaches
+    everything the run started). ``quiet``: the child's stdout and stderr are dropped
+    (each run keeps its own output.log); otherwise it writes where this process does.
     """
 
     def __init__(
@@ -183,13 +183,22 @@ class ProcessJob:
         self.new_group = new_group
         self.stopped_by: int | None = None  # the signal this process sent to stop it
         out = subprocess.DEVNULL if quiet else None
+        group: dict[str, Any] = {}
+        if new_group:
+            # A process group of its own, in this session: not a new session, which would
+            # also make it a scheduling group of its own (Linux autogroup) and so give a
+            # sweep's runs more CPU than other processes started from the same shell.
+            if sys.version_info >= (3, 11):
+                group["process_group"] = 0
+            else:  # pragma: no cover - Python 3.10
+                group["preexec_fn"] = os.setpgrp
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD_CODE],
             stdin=subprocess.PIPE,
             stdout=out,
             stderr=out,
             env=child_environment(env),
-            start_new_session=new_group,
+            **group,
         )
         assert self.proc.stdin is not None
         try:
