@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -292,3 +293,38 @@ def test_run_parameter_sweep_checks_its_points_first() -> None:
     with pytest.raises(ParameterError, match="takes an experiment"):
         ps.run_parameter_sweep(print, [{}])
     assert not (Path(__file__).parent / "output").exists()
+
+
+def test_slurm_without_submitit_says_how_to_install_it(
+    toy_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
+    assert (
+        run_cli(["-C", str(toy_root), "sweep", "toy", "--grid", "a=1", "--executor", "slurm"]) == 2
+    )
+    out, err = capsys.readouterr()
+    assert err == "error: --executor slurm needs submitit: pip install 'pystematic[slurm]'\n"
+    assert out == "" and not (toy_root / "output").exists()
+
+
+def test_progress_views(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from pystematic.sweep import LiveProgress, Progress
+
+    runs = planned_runs([{"a": i} for i in range(4)], repeat=1, sweep_seed=1)
+    for run, status in zip(runs, ["queued", "running", "completed", "failed"], strict=True):
+        run.update(status=status, run_id=f"r{run['index']}", run_dir=str(tmp_path / "r"))
+    runs[3]["error"] = "ValueError: boom"
+    record = SweepRecord.create(tmp_path / "sweeps", {"experiment": "x", "runs": runs})
+    assert Progress(record).line(runs[2]) == "[2/4] completed r2 a=2"
+    assert Progress(record).line(runs[3]) == (
+        f"[2/4] failed r3 a=3: ValueError: boom ({tmp_path / 'r' / 'output.log'})"
+    )
+    live = LiveProgress(record)
+    live.began = 0.0
+    console = Console(width=100, record=True, color_system=None)
+    console.print(live)
+    text = console.export_text()
+    assert f"sweep {record.id}: 1 queued · 1 running · 1 done · 1 failed" in text
+    assert "running r1 a=1" in text

@@ -873,6 +873,14 @@ class Sweep:
             except (_Stop, KeyboardInterrupt):
                 self.stopped_by = self.stopped_by or signal.SIGINT
                 self._stop(running, executor, progress)
+            except BaseException:
+                # A bug or a lost disk: stop the runs (they record it), then say what it was.
+                self.stopped_by = signal.SIGTERM
+                self._stop(running, executor, progress)
+                self.record.data.update(status="interrupted", end=rundir.now_iso())
+                with contextlib.suppress(OSError):
+                    self.record.save()
+                raise
         failed = [r for r in runs if r["status"] == "failed"]
         if self.stopped_by is not None:
             status = "interrupted"
