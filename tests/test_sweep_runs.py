@@ -21,6 +21,7 @@ from pystematic.diff import compare_metrics
 pytestmark = pytest.mark.slow
 
 EXPERIMENTS = '''
+import os
 import random
 import time
 
@@ -34,6 +35,7 @@ import pystematic as ps
 @ps.experiment
 def toy(params, context):
     """Three steps of a made-up loss; fails for a == fail_on."""
+    (context.output_dir / "gpus.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     if params.a == params.fail_on:
         raise ValueError(f"boom at a={params.a}")
     for _ in range(3):
@@ -88,7 +90,17 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] != "Z"
 
 
+def git(root: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+    return subprocess.run(command, cwd=root, check=True, capture_output=True, text=True).stdout
+
+
 def test_a_grid_runs_every_point_as_an_ordinary_run(sweeps: Project) -> None:
+    git(sweeps.root, "init", "-q")
+    git(sweeps.root, "add", "-A")
+    git(sweeps.root, "commit", "-q", "-m", "sweep")
+    with open(sweeps.root / "sweep_exps.py", "a") as f:
+        f.write("# edited\n")  # a dirty checkout: each run keeps the difference
     result = sweeps.run(
         "sweep", "toy", "--grid", "a=1,2", "--grid", "b=x,y", "--jobs", "2", "--lr", "0.25",
         "--random-seed", "7", "--json", "--sort", "-loss",
@@ -112,6 +124,8 @@ def test_a_grid_runs_every_point_as_an_ordinary_run(sweeps: Project) -> None:
             "completed", folder.name, run["index"],
         )  # fmt: skip
         assert data["pid"] != record["pid"] and data["torch_version"]  # the child's own
+        assert data["git_commit"] == git(sweeps.root, "rev-parse", "HEAD").strip()
+        assert data["git_dirty"] is True and "+# edited" in (path / "git.diff").read_text()
         params = tomllib.loads((path / "parameters.toml").read_text())
         assert params == {
             "a": run["params"]["a"], "b": run["params"]["b"], "lr": 0.25, "fail_on": -1,
@@ -137,7 +151,11 @@ def test_a_grid_runs_every_point_as_an_ordinary_run(sweeps: Project) -> None:
 
 
 def test_a_failing_point_does_not_stop_the_others(sweeps: Project) -> None:
-    result = sweeps.run("sweep", "toy", "--grid", "a=1,2,3,4", "--fail-on", "3", "--jobs", "2")
+    """Also: each job slot gets its own CUDA_VISIBLE_DEVICES (no GPU needed to see that)."""
+    result = sweeps.run(
+        "sweep", "toy", "--grid", "a=1,2,3,4", "--fail-on", "3", "--jobs", "2",
+        "--gpus-per-job", "1", env={"CUDA_VISIBLE_DEVICES": "5,7"},
+    )  # fmt: skip
     assert result.returncode == 1, result.stderr
     _, record = sweep_record(sweeps, "toy")
     statuses = {r["params"]["a"]: r["status"] for r in record["runs"]}
@@ -148,6 +166,8 @@ def test_a_failing_point_does_not_stop_the_others(sweeps: Project) -> None:
     assert record["status"] == "failed"
     assert result.stderr.splitlines()[-1] == f"error: 1 of 4 runs failed: {failed['run_id']}"
     assert "failed" in result.stdout and "completed" in result.stdout  # the runs table
+    gpus = [(Path(r["run_dir"]) / "gpus.txt").read_text() for r in record["runs"]]
+    assert gpus[:2] == ["5", "7"] and set(gpus) == {"5", "7"}, gpus  # slot 0, slot 1
 
 
 def start_sweep(project: Project, *args: str) -> subprocess.Popen[str]:

@@ -50,6 +50,7 @@ class RunJob:
     started: StartedRun | None  # None: the job starts the run itself (on a SLURM node)
     fields: dict[str, Any] = field(default_factory=dict)  # run.json fields for that start
     parent_pid: int | None = None  # the child stops (SIGTERM) when this process dies
+    ask_git: bool = False  # the started run's git facts are the child's to record
 
 
 @dataclass
@@ -69,12 +70,17 @@ def run_job(job: RunJob) -> JobResult:
     """Run *job* in this process: import the experiment's module, start the run unless it was
     started already, run it. Errors of the experiment end in the result, not raised."""
     from .discovery import import_project
-    from .metadata import environment_info
+    from .metadata import GitProbe, environment_info, write_git_diff
     from .project import load_project
     from .runner import run_experiment
-    from .start import start_run
+    from .start import output_dir, start_run
 
     project = load_project(explicit_root=Path(job.project_root))
+    git = None
+    if job.ask_git and job.started is not None:
+        # Asked now, while the experiment's module (and torch) import: the code this run
+        # imports is the code its record names.
+        git = GitProbe(project.root, exclude=(output_dir(job.values, project),))
     found = import_project(project, [Path(job.file)])
     info = found.experiments.get(job.experiment_id)
     started = job.started
@@ -101,7 +107,12 @@ def run_job(job: RunJob) -> JobResult:
         started = start_run(info, project, job.values, job.snapshot, job.argv, fields=job.fields)
     else:
         # The parent made the record; this process runs the run, and torch is imported now.
-        rundir.update_run_json(started.run_dir, {"pid": os.getpid(), **environment_info()})
+        facts: dict[str, Any] = {"pid": os.getpid(), **environment_info()}
+        if git is not None:
+            state = git.result()
+            facts.update(git_commit=state.commit, git_branch=state.branch, git_dirty=state.dirty)
+            write_git_diff(state, started.run_dir)
+        rundir.update_run_json(started.run_dir, facts)
     outcome = run_experiment(
         info, project, started.values, started.snapshot, job.argv, started=started
     )

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from . import rundir, seeding
 from .discovery import ExperimentInfo
@@ -759,6 +759,15 @@ class _Stop(Exception):
     pass
 
 
+class _GitLater:
+    """Stands in for git when the sweep starts a run: the run's process asks git itself."""
+
+    def result(self, timeout: float = 0.0) -> Any:
+        from .metadata import GitInfo
+
+        return GitInfo(commit=None, branch=None, dirty=None, diff=None)
+
+
 @dataclass
 class Sweep:
     """A sweep ready to run: its record, the experiment, the values every run shares."""
@@ -769,6 +778,7 @@ class Sweep:
     fixed: dict[str, Any]
     settings: Settings
     stopped_by: int | None = None  # the signal that stopped the sweep
+    packages: Any = None  # the package listing, asked once
     _hurry: bool = False
 
     # ------------------------------------------------------------ one run
@@ -793,9 +803,11 @@ class Sweep:
         fields = {"sweep": self.record.id, "sweep_index": run["index"]}
         started = None
         if starts_run:
-            # git is asked afresh for each run: code edited during a sweep is what later
-            # runs import, and their git.diff says so.
-            probes = Probes.start(self.project)
+            # git is asked by each run's own process, as it imports the code (jobs.run_job):
+            # code edited during a sweep is what later runs import, and their record says so.
+            if self.packages is None:
+                self.packages = Probes.start(self.project).packages
+            probes = Probes(git=cast(Any, _GitLater()), packages=self.packages)
             started = start_run(
                 self.info, self.project, values, snapshot, argv, probes=probes, fields=fields
             )
@@ -809,6 +821,7 @@ class Sweep:
             argv=argv,
             started=started,
             fields=fields,
+            ask_git=starts_run,
         )
 
     # ------------------------------------------------------------ the loop
