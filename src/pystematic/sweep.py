@@ -1133,30 +1133,25 @@ def execute(sweep: Sweep, todo: Sequence[int], *, live: bool | None = None) -> i
     return sweep.run(todo, progress)
 
 
-def records(sweep: SweepRecord, output_dir: Path, sort: str | None = None) -> list[dict[str, Any]]:
-    """The ``runs`` records of the sweep's current runs (one a point, latest attempt), sorted."""
-    from .runs import load_runs, select_runs
+def records(sweep: SweepRecord, sort: str | None = None) -> list[dict[str, Any]]:
+    """The ``runs`` records of the sweep's runs (the latest attempt of each point), in plan
+    order or sorted by *sort*; only their own run.json files are read."""
+    from .runs import read_run, select_runs
 
-    wanted = {r["run_id"] for r in sweep.runs if r.get("run_id")}
-    found = [
-        r
-        for r in load_runs(output_dir, sweep.data["experiment"], sweep=sweep.id)
-        if r["id"] in wanted
-    ]
-    return select_runs(found, sort=sort) if sort else found
+    found = [read_run(run["run_dir"]) for run in sweep.runs if run.get("run_dir")]
+    records = [record for record in found if record is not None]
+    return select_runs(records, sort=sort) if sort else records
 
 
 def report(sweep: Sweep, code: int, *, sort: str | None, as_json: bool) -> int:
     """The runs table (or ``--json`` records) and the closing lines; returns *code*."""
     from .runs_table import runs_table
-    from .start import output_dir
 
-    folder = output_dir(sweep.fixed, sweep.project)
     try:
-        found = records(sweep.record, folder, sort)
+        found = records(sweep.record, sort)
     except ParameterError as e:  # --sort names nothing the runs recorded
         print(f"warning: {e.format_message()}", file=sys.stderr)
-        found, sort = records(sweep.record, folder), None
+        found, sort = records(sweep.record), None
     if as_json:
         print(json.dumps(_finite(found), indent=1, default=str))
     elif found:
