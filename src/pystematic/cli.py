@@ -151,7 +151,7 @@ class ExperimentCommands(TyperGroup):
 
     def _level(self, ctx: ClickContext) -> tuple[dict[str, ExperimentInfo], dict[str, str]]:
         """(experiments, subgroups with their help) directly at this level, by CLI name."""
-        # A sweep asks git afresh for each run it starts (sweep.py): no probes here.
+        # Each run of a sweep asks git in its own process (jobs.py): no probes here.
         found = _state(ctx).discovered(importing=self.kind not in ("show-params", "sweep"))
         depth = len(self.prefix)
         experiments: dict[str, ExperimentInfo] = {}
