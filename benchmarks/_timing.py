@@ -4,7 +4,7 @@ DESIGN.md section 11: every benchmark compares against a baseline measured in th
 run, the commands interleaved (alternating which goes first), at least 9 rounds, and
 reports the ratio of the medians. These machines are noisy; a single timing means nothing.
 
-Used by ``startup.py``, ``run_overhead.py`` and ``launch.py`` (run them as scripts:
+Used by ``startup.py``, ``run_overhead.py``, ``launch.py`` and ``capture.py`` (run them as scripts:
 ``python benchmarks/startup.py``; this module is imported from the same folder).
 """
 
@@ -26,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 MIN_ROUNDS = 9
+
+# Benchmarks time what users see: Python writes bytecode caches and reuses them. Some
+# sandboxes turn that off for every process (PYTHONDONTWRITEBYTECODE=1), which makes every
+# command compile pystematic's sources (and the project's) from scratch each time.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 class CommandFailed(RuntimeError):

@@ -1,8 +1,10 @@
 """Benchmark: CLI startup (DESIGN.md section 11).
 
-Targets: ``pystematic --help`` <= 0.3 s, and ``pystematic list`` of 50 experiments in 10
+Targets: ``pystematic --help`` <= 0.3 s; ``pystematic list`` of 50 experiments in 10
 modules that import torch, repeated with unchanged files, <= 0.25 s wall (the discovery
-cache in ``<root>/.pystematic_cache/`` answers it without importing the user's modules).
+cache in ``<root>/.pystematic_cache/`` answers it without importing the user's modules);
+one TAB of shell completion, ``run EXP --help`` and ``show-params EXP`` <= 0.3 s each, from
+the cache, without importing torch.
 
 Builds a temp project (``pystematic.toml`` with ``modules = ["experiments"]``; 10 modules,
 each ``import torch`` and 5 experiments of 3 parameters), times ``list`` once with no cache
@@ -11,7 +13,11 @@ each ``import torch`` and 5 experiments of 3 parameters), times ``list`` once wi
 - ``python -c pass``: the floor (the baseline the ratios are printed against);
 - ``import typer``: ``python -c "import typer"``;
 - ``--help``: ``pystematic --help`` in the project;
-- ``list``: ``pystematic list`` in the project, the cache warm.
+- ``list``: ``pystematic list`` in the project, the cache warm;
+- ``TAB run``, ``TAB flags``, ``TAB choices``: one TAB as bash asks for it
+  (``env COMP_WORDS=... COMP_CWORD=N _PYSTEMATIC_COMPLETE=complete_bash pystematic``):
+  experiment names after ``run``, an experiment's flags, the values of ``--optimizer``;
+- ``run EXP --help`` and ``show-params EXP``.
 
 Every experiment module appends a line to ``imports.log`` when imported, so the script
 also reports whether the repeated ``list`` imported user modules (it should not).
@@ -37,6 +43,7 @@ import _timing
 
 HELP_TARGET_S = 0.3
 LIST_TARGET_S = 0.25
+TAB_TARGET_S = 0.3
 MODULES = 10
 PER_MODULE = 5
 
@@ -82,6 +89,17 @@ def write_project(root: Path) -> None:
     (package / "__init__.py").write_text("")
     for i in range(MODULES):
         (package / f"mod{i:02d}.py").write_text(module_text(i))
+
+
+def tab(words: str, cword: int, ps: list[str]) -> list[str]:
+    """One TAB of bash completion, the way the script ``--install-completion`` writes calls it."""
+    return [
+        "env",
+        f"COMP_WORDS={words}",
+        f"COMP_CWORD={cword}",
+        "_PYSTEMATIC_COMPLETE=complete_bash",
+        *ps,
+    ]
 
 
 def imports_logged(root: Path) -> int:
@@ -140,12 +158,21 @@ def main() -> None:
                 f"{found} experiments listed (expected {MODULES * PER_MODULE})"
             )
 
+        exp = "exp_03_2"
         commands = {
             "python -c pass": [py, "-c", "pass"],
             "import typer": [py, "-c", "import typer"],
             "--help": [*ps, "--help"],
             "list": [*ps, "list"],
+            "TAB run": tab("pystematic run ", 2, ps),
+            "TAB flags": tab(f"pystematic run {exp} --", 3, ps),
+            "TAB choices": tab(f"pystematic run {exp} --optimizer ", 4, ps),
+            "run EXP --help": [*ps, "run", exp, "--help"],
+            "show-params EXP": [*ps, "show-params", exp],
         }
+        for name in ("TAB run", "TAB flags", "TAB choices"):
+            said = _timing.probe(commands[name], cwd=root).stdout.split()
+            notes.append(f"{name} offers: {' '.join(said[:6])}{' ...' if len(said) > 6 else ''}")
         before = imports_logged(root)
         try:
             stats = _timing.interleave(commands, args.rounds, cwd=root, args=args)
@@ -153,6 +180,7 @@ def main() -> None:
             verdicts = [
                 _timing.Verdict("pystematic --help", "--help", HELP_TARGET_S, error=str(exc)),
                 _timing.Verdict("repeated list", "list", LIST_TARGET_S, error=str(exc)),
+                _timing.Verdict("completion and help", "TAB", TAB_TARGET_S, error=str(exc)),
             ]
         else:
             floor = stats["python -c pass"].median
@@ -175,12 +203,22 @@ def main() -> None:
                     LIST_TARGET_S,
                     stats["list"].median,
                 ),
+                *(
+                    _timing.Verdict(name, name, TAB_TARGET_S, stats[name].median)
+                    for name in (
+                        "TAB run",
+                        "TAB flags",
+                        "TAB choices",
+                        "run EXP --help",
+                        "show-params EXP",
+                    )
+                ),
             ]
             reimported = imports_logged(root) - before
             extra["user_module_imports_during_timed_rounds"] = reimported
             notes.append(
-                "user modules imported by the timed --help/list rounds: "
-                f"{reimported} (0 = the discovery cache answered)"
+                "user modules imported by the timed rounds (help, list, completion, "
+                f"show-params): {reimported} (0 = the discovery cache answered)"
             )
         _timing.report(args, "startup", stats, verdicts, extra=extra, notes=notes)
     finally:

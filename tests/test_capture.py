@@ -316,3 +316,38 @@ def test_carriage_return_filter_keeps_only_the_last_redraw_in_memory() -> None:
     assert len(crf._pending) < 20
     assert crf.feed(b"\n") == b"step 99999\n"
     assert crf.flush() == b""
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, 1000])
+def test_log_filter_drops_escape_codes_and_live_display_redraws(chunk_size: int) -> None:
+    erase_two_rows = b"\r\x1b[2K\x1b[1A\x1b[2K"  # what rich writes before each redraw
+    stream = (
+        b"\x1b[1mbold\x1b[0m and \x1b]8;;https://x.org\x1b\\a link\x1b]8;;\x1b\\\n"
+        b"\x1b(Bcharset \x1b[38;5;196mred\x1b[0m\n"
+        b"\x1b[?25l"  # a live display starts: the cursor is hidden
+        b"row A 0%\nrow B 0%"
+        + erase_two_rows
+        + b"printed above\nrow A 50%\nrow B 10%"
+        + erase_two_rows
+        + b"row A 50%\nrow B 90%"
+        + erase_two_rows
+        + b"B final\nrow A 100%"  # row B is done: its final state goes above
+        + b"\r\x1b[2K"  # the display is erased
+        + b"\x1b[?25h\r"  # and the cursor shown again
+        + b"after\n"
+        + b"spinner\x1b[K\r\x1b[Kdone\n"
+    )
+    crf = _CarriageReturnFilter()
+    out = b"".join(crf.feed(stream[i : i + chunk_size]) for i in range(0, len(stream), chunk_size))
+    out += crf.flush()
+    assert out.decode() == ("bold and a link\ncharset red\nprinted above\nB final\nafter\ndone\n")
+
+
+def test_log_filter_holds_a_bounded_number_of_rows_while_the_cursor_is_hidden() -> None:
+    crf = _CarriageReturnFilter()
+    out = crf.feed(b"\x1b[?25l")
+    for i in range(5000):
+        out += crf.feed(f"line {i}\n".encode())
+        assert len(crf._above) <= 1000
+    out += crf.flush()  # a display that never ended (a crash): what it showed last
+    assert out.decode().splitlines() == [f"line {i}" for i in range(5000)]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import Project, Result, tomllib
+from pystematic import __version__
 
 WIDE = {"COLUMNS": "200"}
 
@@ -246,7 +247,7 @@ def test_experiment_run_from_python(exps: Project) -> None:
 def test_show_params_table_and_json(exps: Project) -> None:
     table = exps.run("show-params", "train", env=WIDE)
     assert table.returncode == 0, table.stderr
-    for header in ("name", "type", "default", "source", "choices", "help"):
+    for header in ("name", "type", "value", "source", "help"):
         assert header in table.stdout
     for cell in ("batch-size", "Samples per step.", "adam, sgd", "decorator", "2x3", "random-seed"):
         assert cell in table.stdout
@@ -573,3 +574,73 @@ def test_shell_completion_knows_experiments_and_their_parameters(exps: Project) 
     options = complete("pystematic run train --")
     assert "--epochs" in options
     assert "--random-seed" in options
+
+
+# ---------------------------------------------------------------- tables that fit
+
+LONG_HELP = (
+    "The probability that a training example is flipped horizontally before it is "
+    "fed to the network during every epoch of training."
+)
+TABLES = f'''
+import pystematic as ps
+
+@ps.parameter("flip_probability", type=float, default=0.5, help={LONG_HELP!r})
+@ps.parameter("optimizer", default="adam", choices=["adam", "sgd"], help="Optimizer.")
+@ps.parameter("epochs", type=int, default=3, help="Passes over the data.")
+@ps.experiment
+def train(params, context):
+    """Train a small classifier on the synthetic data set of this project."""
+    context.recorder.scalar("train/accuracy", 0.5 + params.epochs / 100)
+    context.recorder.scalar("train/loss", 1.0 / params.epochs)
+    context.recorder.step()
+'''
+
+
+def words_intact(text: str, sentence: str) -> bool:
+    """Every word of *sentence* appears whole in *text* (wrapped at word boundaries)."""
+    found = set(text.replace("│", " ").split())
+    return all(word in found for word in sentence.split())
+
+
+@pytest.mark.parametrize("columns", [80, 200, None])
+def test_tables_fit_the_width_and_never_split_words(project: Project, columns: int | None) -> None:
+    project.write("exps.py", TABLES)
+    for epochs in ("2", "4"):
+        assert project.run("run", "train", "--epochs", epochs).returncode == 0
+    env = {"COLUMNS": str(columns)} if columns else {}
+    width = columns or 200  # piped: no terminal width to keep to
+    for args in (["show-params", "train"], ["list"], ["runs", "train"]):
+        result = project.run(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= width, (args, result.stdout)
+        assert "\x1b[" not in result.stdout  # captured output: no colour codes
+    shown = project.run("show-params", "train", env=env).stdout
+    assert words_intact(shown, LONG_HELP), shown
+    assert "value" in shown.splitlines()[2]  # the effective value's column is named so
+    assert "--output-dir" in shown and "(--all shows them)" in shown
+    rows = [line for line in shown.splitlines() if line.startswith("│ --")]
+    assert [row.split()[1] for row in rows] == ["--flip-probability", "--optimizer", "--epochs"]
+    if columns == 200:
+        assert len(rows) == 3  # one line each where the help fits
+    listed = project.run("list", env=env).stdout
+    assert words_intact(
+        listed, "Train a small classifier on the synthetic data set of this project."
+    )
+    runs = project.run("runs", "train", env=env).stdout
+    assert "accuracy" in runs and "0.54" in runs and "epochs" in runs  # metrics never dropped
+
+
+def test_show_params_all_lists_the_builtins(project: Project) -> None:
+    project.write("exps.py", TABLES)
+    shown = project.run("show-params", "train", "--all", env=WIDE).stdout
+    assert "built-in parameters" in shown
+    assert "│ --random-seed" in shown and "(--all shows them)" not in shown
+
+
+def test_version_flag_and_no_negative_form(project: Project) -> None:
+    result = project.run("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"pystematic {__version__}")
+    helped = project.run("--help", env=WIDE).stdout
+    assert "--version" in helped and "--no-version" not in helped

@@ -158,6 +158,26 @@ def test_loops_one_after_another_each_run_fully(contexts: Any) -> None:
     assert [(a, b) for a in ctx.loop(2) for b in ctx.loop(2)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
+def test_a_loop_limit_stops_the_outermost_loop_only(tmp_path: Path) -> None:
+    """`reproduce --steps N`: the run ends after N iterations of its outermost loop, with
+    the recorder's step at that point; inner loops and shorter loops run in full."""
+    from pystematic.context import LoopLimitReached
+
+    recorder = Recorder(tmp_path, backends=["memory"])
+    ctx = Context(params=Params({}), output_dir=tmp_path, seed=1, recorder=recorder, loop_limit=2)
+    assert list(ctx.loop(2)) == [0, 1]  # no more iterations than the limit: not stopped
+    seen = []
+    with pytest.raises(LoopLimitReached) as stopped:
+        for epoch in ctx.loop(5):
+            for batch in ctx.loop(3):
+                seen.append((epoch, batch))
+                recorder.scalar("x", batch)
+                recorder.step()
+    assert seen == [(e, b) for e in range(2) for b in range(3)]
+    assert (stopped.value.iterations, stopped.value.global_step) == (2, 6)
+    recorder.close()
+
+
 def test_load_checkpoint_is_none_when_not_resuming(contexts: Any) -> None:
     ctx = contexts()
     assert ctx.load_checkpoint() is None

@@ -170,6 +170,17 @@ def test_a_seed_with_another_value_and_another_master(tmp_path: Path) -> None:
     assert compare_seeds(a, tmp_path / "nowhere").missing_b
 
 
+def test_a_run_stopped_early_is_compared_on_the_seeds_it_drew(tmp_path: Path) -> None:
+    a = seeds_log(tmp_path / "a", 7, "init", "data", "eval")
+    b = seeds_log(tmp_path / "b", 7, "init", "data")  # reproduce --steps: stopped before "eval"
+    assert compare_seeds(a, b).differences[0].describe() == "seed 3 ('eval'): drawn only in A"
+    partial = compare_seeds(a, b, partial_b=True)
+    assert partial.identical
+    assert partial.summary() == "the same: master seed 7, 2 derived seeds"
+    c = seeds_log(tmp_path / "c", 7, "data", "init")  # what B drew must still match
+    assert not compare_seeds(a, c, partial_b=True).identical
+
+
 def test_packages_added_removed_and_changed(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("numpy==2.0.0\nrich==13.0\ntorch==2.13.0\n")
     (tmp_path / "b.txt").write_text("Numpy==2.1.0\npandas==3.1.1\ntorch==2.13.0\n")

@@ -94,6 +94,23 @@ def test_list_from_modules(project: Project) -> None:
     ]
 
 
+def test_configured_modules_under_a_dot_folder(tmp_path: Path) -> None:
+    """Dot-folders inside a package are skipped, not the ones the project lives under."""
+    from pystematic.discovery import candidate_files
+    from pystematic.project import load_project
+
+    hidden = Project(tmp_path / ".work" / "proj")
+    hidden.write("pystematic.toml", 'modules = ["exps"]\n')
+    hidden.write("exps/__init__.py", "")
+    hidden.write("exps/train.py", experiment_source("train"))
+    hidden.write("exps/.backup/old.py", BROKEN)
+    found = candidate_files(load_project(explicit_root=hidden.root))
+    assert [p.relative_to(hidden.root).as_posix() for p in found] == [
+        "exps/__init__.py",
+        "exps/train.py",
+    ]
+
+
 def test_list_from_paths_and_pattern(project: Project) -> None:
     project.write("pystematic.toml", 'paths = ["scripts"]\npattern = "exp_*.py"\n')
     project.write("scripts/exp_one.py", experiment_source("one", "First."))

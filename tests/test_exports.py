@@ -37,6 +37,7 @@ ERRORS = {
     "DistributedError",
     "ParameterError",
     "PystematicError",
+    "ReproduceError",
     "RunDirError",
     "UnknownExperimentError",
 }

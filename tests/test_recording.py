@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -231,6 +232,18 @@ def test_tags_are_sanitised_predictably(tmp_path: Path, caplog: pytest.LogCaptur
     assert sum("'val acc' is recorded as 'val_acc'" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_tags_that_clean_to_the_same_name_are_an_error_naming_both(tmp_path: Path) -> None:
+    with Recorder(tmp_path, backends=["memory"]) as rec:
+        rec.scalar("val acc", 1.0)
+        rec.scalar("val acc", 2.0)  # the same tag again is fine
+        with pytest.raises(ValueError, match=r"tags 'val acc' and 'val_acc' are both recorded"):
+            rec.scalar("val_acc", 1.0)
+        with pytest.raises(ValueError, match=r"tags 'val acc' and 'val:acc' are both"):
+            rec.text("val:acc", "x")
+        rec.step()
+    assert [r.scalars for r in rec.backends[0].records] == [{"val_acc": 2.0}]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("tag", ["step", "time"])
 def test_reserved_tags_are_refused(tmp_path: Path, tag: str) -> None:
     with Recorder(tmp_path) as rec, pytest.raises(ValueError, match="reserved"):
@@ -239,7 +252,7 @@ def test_reserved_tags_are_refused(tmp_path: Path, tag: str) -> None:
 
 def test_unknown_backend_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(
-        ParameterError, match=r"'wandb' \(known: console, jsonl, memory, tensorboard\)"
+        ParameterError, match=r"'wandb' \(known: console, jsonl, memory, mlflow, tensorboard\)"
     ):
         Recorder(tmp_path, backends=["jsonl", "wandb"])
     assert not any(tmp_path.iterdir())
@@ -261,7 +274,8 @@ def test_writing_after_close_warns_once_and_writes_nothing(
         rec.image("i", np.zeros((3, 2, 2)))
         rec.step()
         rec.flush()
-        rec.hparams({"lr": 0.1})
+        rec.start_run({"lr": 0.1})
+        rec.end_run("completed")
         rec.close()
     assert sum("closed" in r.getMessage() for r in caplog.records) == 1
     assert len(read_jsonl(tmp_path)) == 1 and tb_scalars(tmp_path) == {"a": [(0, 1.0)]}
@@ -309,7 +323,7 @@ def test_last_scalars_is_the_last_committed_value_per_tag(tmp_path: Path) -> Non
         assert rec.last_scalars == {"loss": 0.7, "val": 0.5}
 
 
-# -- text, histograms, images, hparams ------------------------------------------------------
+# -- text, histograms, images ------------------------------------------------------------
 
 
 def test_text_histogram_and_image_read_back(tmp_path: Path) -> None:
@@ -357,26 +371,6 @@ def test_figure_is_recorded_as_an_image(tmp_path: Path) -> None:
         rec.step()
     (ev,) = [ev for ev in read_events(tmp_path) if ev.HasField("summary")]
     assert (ev.summary.value[0].image.width, ev.summary.value[0].image.height) == (100, 50)
-
-
-def test_hparams_carry_params_and_scalar_tags(tmp_path: Path) -> None:
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    with Recorder(tmp_path) as rec:
-        rec.scalars({"loss": 0.5, "val/acc": 0.9})
-        rec.step()
-        rec.hparams({"lr": 0.01, "optimizer": "adam", "augment": True, "seed": 3, "dir": Path("x")})
-    found: dict[str, Any] = {}
-    for ev in read_events(tmp_path):
-        for v in ev.summary.value:
-            if v.tag.startswith("_hparams_/"):
-                data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
-                found[v.tag] = data
-    start = found["_hparams_/session_start_info"].session_start_info.hparams
-    assert start["lr"].number_value == 0.01 and start["optimizer"].string_value == "adam"
-    assert start["augment"].bool_value is True and start["dir"].string_value == "x"
-    metrics = {m.name.tag for m in found["_hparams_/experiment"].experiment.metric_infos}
-    assert metrics == {"loss", "val/acc"}
 
 
 # -- encoding -----------------------------------------------------------------------------
@@ -547,6 +541,9 @@ def test_truncate_drops_later_steps_everywhere(tmp_path: Path) -> None:
             rec.step()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 100, "time": 1.0, "a": 1')  # a torn line, as after a crash
+    # what a kill in the middle of an earlier resume's rewrite leaves behind
+    (tmp_path / "metrics.jsonl.tmp").write_text('{"step": 0')
+    (tmp_path / "tensorboard" / "events.out.tfevents.1.host.0000.tmp").write_bytes(b"x")
     with Recorder(tmp_path) as rec:
         rec.truncate(50)
         assert rec.global_step == 50
@@ -559,15 +556,60 @@ def test_truncate_drops_later_steps_everywhere(tmp_path: Path) -> None:
     assert tb_scalars(tmp_path)["a"] == list(enumerate(want))  # old points really gone
     assert [(e.step, e.value) for e in accumulator(tmp_path).Scalars("a")] == list(enumerate(want))
     assert len(list((tmp_path / "tensorboard").iterdir())) == 2
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_appending_after_a_torn_line_starts_a_new_line(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "time": 1.0, "a": 1.0}\n{"step": 1, "ti')
     with Recorder(tmp_path, backends=["jsonl"], global_step=5) as rec:
         rec.scalar("a", 2.0)
         rec.step()
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["step"] == 5 and len(lines) == 3
+    assert [line["step"] for line in read_jsonl(tmp_path)] == [0, 5]
+
+
+# -- run lifecycle ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [(None, "completed"), (RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")],
+)
+def test_a_started_run_ends_with_the_status_of_its_with_block(
+    tmp_path: Path, raised: type[BaseException] | None, status: str
+) -> None:
+    memory = MemoryBackend()
+    expect = pytest.raises(raised) if raised else contextlib.nullcontext()
+    with expect, Recorder(tmp_path / "run-7", backends=[memory]) as rec:
+        rec.start_run({"lr": 0.1}, experiment="train", tags=["a"], git_commit="abc")
+        rec.scalar("loss", 1.0)  # not stepped: committed before the end
+        if raised:
+            raise raised()
+    (run,) = memory.runs
+    assert (run.params, run.run_id, run.experiment, run.tags) == (
+        {"lr": 0.1},
+        "run-7",
+        "train",
+        ("a",),
+    )
+    assert (run.git_commit, run.resumed, run.run_dir) == ("abc", False, tmp_path / "run-7")
+    assert memory.ended == [status] and memory.closed
+    assert [(r.step, r.scalars) for r in memory.records] == [(0, {"loss": 1.0})]
+
+
+def test_end_run_raises_a_write_failure_then_ends_the_others(tmp_path: Path) -> None:
+    memory = MemoryBackend()
+    rec = Recorder(tmp_path, backends=[BrokenBackend(), memory], flush_secs=3600)
+    rec.start_run({})
+    rec.scalar("a", 1.0)
+    with pytest.raises(OSError, match="disk full"):
+        rec.end_run("completed")
+    assert memory.ended == []  # no end is written over steps that were not
+    rec.end_run("failed")
+    rec.end_run("failed")  # once only
+    rec.close()
+    assert memory.ended == ["failed"] and len(memory.records) == 1
+    with pytest.raises(ValueError, match="status must be one of"):
+        rec.end_run("done")
 
 
 # -- backends ----------------------------------------------------------------------------
@@ -590,21 +632,24 @@ class BrokenBackend(Backend):
         raise OSError("disk full")
 
 
-def test_user_backends_plug_in_and_a_failing_one_does_not_stop_the_others(
+def test_user_backends_plug_in_and_a_failing_one_raises_in_the_loop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     mine = ListBackend()
     backends: list[str | Backend] = [BrokenBackend(), mine, "jsonl"]
-    with (
-        caplog.at_level(logging.ERROR, "pystematic.recording"),
-        Recorder(tmp_path, backends) as rec,
-    ):
+    rec = Recorder(tmp_path, backends, flush_secs=3600)
+    with caplog.at_level(logging.ERROR, "pystematic.recording"):
         for s in range(3):
             rec.scalar("a", float(s))
             rec.step()
-    assert mine.seen == [(0, {"a": 0.0}), (1, {"a": 1.0}), (2, {"a": 2.0})]
-    assert len(read_jsonl(tmp_path)) == 3
-    assert sum("'broken' failed" in r.getMessage() for r in caplog.records) == 1
+        with pytest.raises(OSError, match="disk full"):
+            rec.flush()
+        rec.scalar("a", 3.0)
+        rec.step()
+        rec.close()  # the failure was raised once; the others go on
+    assert mine.seen == [(s, {"a": float(s)}) for s in range(4)]
+    assert len(read_jsonl(tmp_path)) == 4
+    assert sum("'broken' in write_steps() failed" in r.getMessage() for r in caplog.records) == 1
     assert ps.recorder.Backend is Backend and ps.recorder.Recorder is Recorder
 
 
@@ -631,7 +676,8 @@ def test_other_ranks_write_nothing(tmp_path: Path) -> None:
             rec.scalar("a", 1.0)
             rec.text("t", "x")
             rec.step()
-        rec.hparams({"lr": 1})
+        rec.start_run({"lr": 1})
+        rec.end_run("completed")
         assert rec.global_step == 5 and rec.last_scalars == {}
     assert not any(tmp_path.iterdir()) and memory.output_dir is None and memory.records == []
 

@@ -108,3 +108,17 @@ def test_resume_from_a_truncated_checkpoint_is_refused(project: Project) -> None
     result = project.run("run", "train", "--resume", str(run_dir))
     error_line(result, "saved no checkpoint to continue from")
     assert run_json(run_dir)["status"] == "completed"
+
+
+def test_bad_inputs_found_by_the_faults_suite(project: Project) -> None:
+    """Each was a traceback in 0.1.0: now one line, exit 2, nothing created."""
+    project.write("exps.py", EXPS)
+    project.root.joinpath("latin1.toml").write_bytes(b'epochs = "\xff"\n')
+    cases = {
+        ("--random-seed", "-1"): "invalid value for --random-seed: -1 is not in 0..2**32-1",
+        ("--tag", "\udcff"): "is not valid UTF-8 text (from cli)",
+        ("--params-file", "latin1.toml"): "latin1.toml: not UTF-8 text",
+    }
+    for args, needle in cases.items():
+        error_line(project.run("run", "train", *args), needle)
+    assert not (project.root / "output").exists()

@@ -15,6 +15,7 @@ from .errors import (
     DistributedError,
     ParameterError,
     PystematicError,
+    ReproduceError,
     RunDirError,
     UnknownExperimentError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Params",
     "PystematicError",
     "Recorder",
+    "ReproduceError",
     "RunDirError",
     "UnknownExperimentError",
     "__version__",

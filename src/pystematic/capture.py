@@ -4,8 +4,11 @@ Python's ``sys.stdout`` is not enough: C extensions, CUDA and child processes wr
 file descriptors 1 and 2 directly. So fds 1 and 2 are pointed at a pipe (or at a
 pseudo-terminal when the real stdout is a terminal, so rich and tqdm still draw live)
 and a reader thread copies every chunk to the original descriptor and to the log.
-The terminal gets every byte; the log keeps only the final state of each line that a
-carriage-return progress bar redraws. POSIX only.
+The terminal gets every byte; the log gets clean text: the final state of each line
+that a carriage-return progress bar redraws, no colour or cursor codes, and of a live
+display (rich's) only what it printed and its last state. A ``sys.stdout`` or
+``sys.stderr`` that does not write to fds 1/2 (a Jupyter kernel's) is tee'd into the
+log at the Python level too. POSIX only.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import selectors
 import sys
 import threading
@@ -34,20 +38,51 @@ _MAX_PENDING = 1 << 20
 # outlives the run) still holds the write end open and no end of file comes.
 _DRAIN_IDLE_S = 0.2
 _DRAIN_MAX_S = 2.0
+# Rows a hidden-cursor display may hold back (rich draws at most a screenful); an escape
+# sequence longer than this without its end is taken as text.
+_MAX_HELD_ROWS = 1000
+_MAX_ESCAPE = 4096
+# Colours (SGR) and OSC strings (hyperlinks, titles): dropped without a terminal model.
+_STYLE = re.compile(rb"\x1b\[[0-9;:]*m|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+# What the slow path acts on: CSI sequences (parameters and final byte), OSC strings,
+# other escapes (ESC 7, ESC ( B, ...), carriage returns and newlines.
+_CONTROL = re.compile(
+    rb"\x1b(?:\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
+    rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-Z\\^-~])|\r|\n"
+)
 
 
 class _CarriageReturnFilter:
-    """Reduces a byte stream to what a terminal finally shows on each line.
+    """Reduces a terminal byte stream to the text a terminal finally shows, line by line.
 
     Text before the last ``\\r`` of a line (the redraws of a progress bar) is dropped,
-    ``\\r\\n`` counts as a newline, and chunk boundaries may fall anywhere.
+    ``\\r\\n`` counts as a newline, and chunk boundaries may fall anywhere. Escape sequences
+    (colours, hyperlinks, cursor movement) never reach the log. While the cursor is hidden
+    (``ESC[?25l``: a live display such as rich's is drawing) the last rows are held back,
+    because the display moves the cursor up and erases them to redraw: a row is written
+    out once the display has moved above it, or once the cursor is shown again. So the log
+    gets the lines printed above a live display and its final state, not every redraw.
     """
 
     def __init__(self) -> None:
-        self._pending = b""  # the current line, not yet ended by '\n'
+        self._pending = b""  # the cursor's line, not yet ended by '\n'
+        self._tail = b""  # an escape sequence cut off by the end of the last chunk
+        self._above: list[bytes] = []  # held rows above the cursor (cursor hidden only)
+        self._below: list[bytes] = []  # held rows below it, after the cursor moved up
+        self._hidden = False  # the cursor is hidden: hold rows back
+        self._reveal = False  # the cursor was shown again: stop holding at the next text
+        self._moved = False  # an erase or cursor-up came since the last text
 
     def feed(self, data: bytes) -> bytes:
         """Takes the next chunk; returns the lines it completed, ready for the log."""
+        if self._tail:
+            data, self._tail = self._tail + data, b""
+        if b"\x1b" in data:
+            data = _STYLE.sub(b"", data)  # colours and links: the common case, kept fast
+            if b"\x1b" in data:
+                return self._feed_controls(data)
+        if self._hidden:
+            return self._feed_controls(data)
         buf = self._pending + data
         end = buf.rfind(b"\n")
         if end < 0:
@@ -64,9 +99,91 @@ class _CarriageReturnFilter:
         return out
 
     def flush(self) -> bytes:
-        """Returns the unfinished last line (with a newline added), if there is one."""
-        line, self._pending = _final_state(self._pending), b""
-        return line + b"\n" if line else b""
+        """Returns what is still held and the unfinished last line (with a newline added)."""
+        line = _final_state(self._pending)
+        rows = [*self._above, *([line] if line else []), *(r for r in self._below if r)]
+        self._pending, self._tail, self._above, self._below = b"", b"", [], []
+        self._hidden = self._reveal = self._moved = False
+        return b"".join(row + b"\n" for row in rows)
+
+    def _feed_controls(self, buf: bytes) -> bytes:
+        """The slow path: a small model of the terminal's last rows and its cursor."""
+        out: list[bytes] = []
+        pos = 0
+        for match in _CONTROL.finditer(buf):
+            if match.start() > pos:
+                self._text(buf[pos : match.start()], out)
+            pos = match.end()
+            token = match.group()
+            if token == b"\n":
+                self._newline(out)
+            elif token == b"\r":
+                self._pending += b"\r"
+            elif match.group("final") is not None:
+                self._csi(match.group("params"), match.group("final"))
+        rest = buf[pos:]
+        cut = rest.find(b"\x1b")
+        if cut >= 0 and len(rest) - cut < _MAX_ESCAPE:
+            rest, self._tail = rest[:cut], rest[cut:]  # completed by the next chunk
+        if rest:
+            self._text(rest, out)
+        self._pending = _collapse(self._pending)
+        if len(self._pending) > _MAX_PENDING:
+            out.extend(row + b"\n" for row in self._above)
+            out.append(self._pending)
+            self._pending, self._above = b"", []
+        if len(self._above) > _MAX_HELD_ROWS:
+            keep = len(self._above) - _MAX_HELD_ROWS
+            out.extend(row + b"\n" for row in self._above[:keep])
+            del self._above[:keep]
+        return b"".join(out)
+
+    def _settle(self, out: list[bytes]) -> None:
+        """Text is written: rows the cursor moved above, or all once it is shown, are final."""
+        if self._moved or self._reveal:
+            out.extend(row + b"\n" for row in self._above)
+            self._above.clear()
+            self._moved = False
+        if self._reveal:
+            self._below.clear()  # what is left of the display below the cursor: erased
+            self._hidden = self._reveal = False
+
+    def _text(self, text: bytes, out: list[bytes]) -> None:
+        self._settle(out)
+        self._pending += text.replace(b"\x1b", b"")  # a stray ESC alone
+
+    def _newline(self, out: list[bytes]) -> None:
+        self._settle(out)
+        line = _final_state(self._pending)
+        if self._hidden:
+            self._above.append(line)
+        else:
+            out.append(line + b"\n")
+        # Moving down onto a row kept below: its text stays until something overwrites it.
+        self._pending = self._below.pop(0) + b"\r" if self._below else b""
+
+    def _csi(self, params: bytes, final: bytes) -> None:
+        if final in b"AF":  # cursor up (F: to the start of the line, too)
+            for _ in range(_count(params)):
+                if not self._above:
+                    break  # above what is held: those rows are in the log already
+                self._below.insert(0, _final_state(self._pending))
+                self._pending = self._above.pop() + b"\r"
+            self._moved = True
+        elif final == b"K":  # erase the line, or from the cursor on (all of it at column 0)
+            at_start = not self._pending or self._pending.endswith(b"\r")
+            if params == b"2" or (params in (b"", b"0") and at_start):
+                self._pending = b"\r"
+            self._moved = True
+        elif final == b"G" and _count(params) == 1:  # cursor to column 1: a carriage return
+            self._pending += b"\r"
+        elif final == b"J":  # erase below the cursor (or the screen)
+            self._below.clear()
+        elif params == b"?25" and final in b"hl":
+            if final == b"l":
+                self._hidden, self._reveal = True, False
+            elif self._hidden:
+                self._reveal = True
 
 
 def _final_state(line: bytes) -> bytes:
@@ -78,6 +195,13 @@ def _collapse(partial: bytes) -> bytes:
     # Keep a trailing '\r': the '\n' of a '\r\n' may come in the next chunk.
     core = partial.rstrip(b"\r")
     return core[core.rfind(b"\r") + 1 :] + (b"\r" if len(core) < len(partial) else b"")
+
+
+def _count(params: bytes) -> int:
+    try:
+        return max(1, int(params or b"1"))
+    except ValueError:
+        return 1
 
 
 class _Channel:
@@ -112,6 +236,7 @@ class OutputCapture:
         self._line_buffering: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._previous_winch: Any = None  # SIGWINCH handler before ours, when ours is set
+        self._tees: dict[str, _LogTee] = {}  # sys.stdout/stderr that bypass fds 1 and 2
 
     def __enter__(self) -> OutputCapture:
         self.start()
@@ -138,6 +263,7 @@ class OutputCapture:
             self._undo_redirect()
             raise
         self._make_line_buffered()
+        self._tee_python_streams()
         if not self._channels[0].batch:
             self._follow_terminal_size()
         self._thread = threading.Thread(target=self._pump, name="pystematic-output", daemon=True)
@@ -191,6 +317,7 @@ class OutputCapture:
             self._stopped = True
         atexit.unregister(self.stop)
         _flush_python_streams()
+        self._untee_python_streams()
         _flush_c_streams()
         for fd, saved in self._saved.items():
             if saved >= 0:
@@ -272,6 +399,28 @@ class OutputCapture:
                 signal.signal(signal.SIGWINCH, self._previous_winch)
         self._previous_winch = None
 
+    # -- Python streams that bypass fds 1 and 2 ---------------------------------------
+
+    def _tee_python_streams(self) -> None:
+        """Tee ``sys.stdout``/``sys.stderr`` themselves when they do not write to fd 1/2.
+
+        A Jupyter kernel's streams send text to the notebook, never to fd 1 (and so do
+        pytest's and a CliRunner's): without this, a cell's prints would miss the log.
+        A stream on fd 1/2 is left alone, so nothing is logged twice.
+        """
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            stream = getattr(sys, name, None)
+            if stream is not None and not _writes_to_fd(stream, fd):
+                self._tees[name] = _LogTee(stream, self._log_fd, self._pid)
+                setattr(sys, name, self._tees[name])
+
+    def _untee_python_streams(self) -> None:
+        for name, tee in self._tees.items():
+            if getattr(sys, name, None) is tee:
+                setattr(sys, name, tee.stream)
+            tee.close()
+        self._tees.clear()
+
     # -- sys.stdout buffering ----------------------------------------------------------
 
     def _make_line_buffered(self) -> None:
@@ -292,6 +441,51 @@ class OutputCapture:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=value)  # type: ignore[union-attr]
         self._line_buffering.clear()
+
+
+class _LogTee:
+    """Stands in for a ``sys.stdout``/``sys.stderr`` that bypasses fds 1 and 2: text goes
+    where it went before, and (filtered as the fd channels are) into the log."""
+
+    def __init__(self, stream: Any, log_fd: int, pid: int) -> None:
+        self.stream = stream
+        self._log_fd = log_fd
+        self._pid = pid
+        self._filter = _CarriageReturnFilter()
+        self._lock = threading.Lock()
+        self._open = True
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        if self._open and os.getpid() == self._pid:
+            with self._lock:
+                # Whole lines on an O_APPEND fd: they never tear with the reader thread's.
+                _write_all(self._log_fd, self._filter.feed(text.encode("utf-8", "replace")))
+        return len(text) if written is None else int(written)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        """No more logging (the capture stops): the unfinished last line goes in first."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                _write_all(self._log_fd, self._filter.flush())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # encoding, isatty, fileno, ...
+
+
+def _writes_to_fd(stream: Any, fd: int) -> bool:
+    try:
+        return bool(stream.fileno() == fd)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
 
 
 def _open_pty(like: int) -> tuple[int, int]:

@@ -281,6 +281,11 @@ LAUNCH_OPTIONS = [
     _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
 ]
 JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
+ALL_OPTION = (
+    "show_all",
+    bool,
+    typer.Option(False, "--all", help="Also show the built-in parameters (always in --json)."),
+)
 
 
 # ---- `pystematic sweep` options (the sweep itself is sweep.py's)
@@ -399,7 +404,7 @@ def experiment_command(kind: str, info: ExperimentInfo, effective: dict[str, Any
                 f"`distributed` option of that name; rename the parameter"
             )
     elif kind == "show-params":
-        extra = [JSON_OPTION]
+        extra = [JSON_OPTION, ALL_OPTION]
     elif kind == "sweep":
         extra = SWEEP_OPTIONS
         names = {name.removeprefix("launch_") for name, _, _ in SWEEP_OPTIONS}
@@ -418,10 +423,10 @@ def experiment_command(kind: str, info: ExperimentInfo, effective: dict[str, Any
 
     def command(ctx: ClickContext, **kwargs: Any) -> Any:
         state = _state(ctx)
-        values = _given(kwargs, [p.name for p in parameters])
-        options = {
-            k.removeprefix("launch_"): v for k, v in kwargs.items() if k.startswith("launch_")
-        }
+        names = {p.name for p in parameters}
+        values = _given(kwargs, list(names))
+        # The command's own options (launch options, --json, --all), without their prefix.
+        options = {k.removeprefix("launch_"): v for k, v in kwargs.items() if k not in names}
         return HANDLERS[kind](state, info, values, options, bool(kwargs.get("as_json")))
 
     sig_params = [
@@ -536,7 +541,7 @@ def _handle_show_params(
     if as_json:
         print(json.dumps(rows, indent=1))
     else:
-        _print_params_table(info, rows)
+        _print_params_table(info, rows, builtins=bool(options.get("show_all")))
     return 0
 
 
@@ -564,25 +569,62 @@ HANDLERS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _print_params_table(info: ExperimentInfo, rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+def _print_params_table(
+    info: ExperimentInfo, rows: list[dict[str, Any]], *, builtins: bool
+) -> None:
+    """The experiment's parameters, one line each where the help fits (help wraps at
+    words); the built-ins in a table of their own with ``--all``, else named in a line."""
+    console = _console()
+    own = [r for r in rows if not r["builtin"]]
+    console.print(_params_table(f"{info.id} parameters", own))
+    if builtins:
+        console.print(_params_table("built-in parameters", [r for r in rows if r["builtin"]]))
+    else:
+        names = ", ".join("--" + cli_name(r["name"]) for r in rows if r["builtin"])
+        console.print(f"built-in: {names} (--all shows them)", style="dim", highlight=False)
 
-    table = Table(title=f"{escape(info.id)} parameters", title_justify="left")
-    for column in ("name", "type", "default", "source", "choices", "help"):
-        table.add_column(column, overflow="fold")
+
+def _params_table(title: str, rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("value", no_wrap=True, overflow="ellipsis", max_width=32)
+    table.add_column("source", no_wrap=True)
+    table.add_column("help", ratio=1, min_width=16)
     for row in rows:
-        cells = (
-            cli_name(row["name"]),
-            row["type"],
-            _shown_default(row["default"]) + (" (required)" if row["required"] else ""),
-            row["source"],
-            _shown_default(row["choices"]),
-            row["help"],
+        notes = []
+        if row["choices"]:
+            notes.append("choices: " + _shown_default(row["choices"]))
+        if row["required"]:
+            notes.append("required")
+        help_text = " ".join([row["help"], *(f"[{n}]" for n in notes)]).strip()
+        table.add_row(
+            *(
+                Text(cell)
+                for cell in (
+                    "--" + cli_name(row["name"]),
+                    row["type"],
+                    _shown_default(row["default"]),
+                    row["source"],
+                    help_text,
+                )
+            )
         )
-        table.add_row(*(escape(c) for c in cells), style="dim" if row["builtin"] else None)
-    Console().print(table)
+    return table
+
+
+def _console() -> Any:
+    """A rich console: the terminal's width, or on a pipe the table's own (no colours)."""
+    import os
+
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200, no_color=True)
 
 
 # ---------------------------------------------------------------- other commands
@@ -762,6 +804,62 @@ def diff_command(
     return 0 if result.metrics.identical else 1
 
 
+def reproduce_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run id or run dir.", show_default=False)],
+    flags: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="After --: parameter flags that override the run's (a rerun with changes).",
+            show_default=False,
+        ),
+    ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Compare metrics and seeds with the run's (default: unless parameters changed).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Stop after N iterations of the outermost context.loop."
+        ),
+    ] = None,
+    keep_worktree: Annotated[
+        bool,
+        typer.Option("--keep-worktree", help="Keep the git worktree the rerun ran from."),
+    ] = False,
+    allow_package_drift: Annotated[
+        bool,
+        typer.Option(
+            "--allow-package-drift", help="Rerun even with another Python or torch version."
+        ),
+    ] = False,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run ids are looked up and the rerun goes (default: config)."),
+    ] = None,
+) -> int:
+    """Rerun a past run from its own code (commit + git.diff) and compare, bit for bit.
+
+    Exit 0 when the rerun reproduces the run, 1 when its metrics or seeds differ.
+    """
+    from .reproduce import Options, reproduce
+
+    options = Options(
+        verify=verify,
+        steps=steps,
+        keep_worktree=keep_worktree,
+        allow_package_drift=allow_package_drift,
+        flags=tuple(flags or ()),
+    )
+    folder = output_dir.resolve() if output_dir else None
+    return reproduce(run, _state(ctx).project(), options, folder)
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -811,6 +909,7 @@ def build_app() -> Any:
     app.command("list")(list_command)
     app.command("runs")(runs_command)
     app.command("diff")(diff_command)
+    app.command("reproduce")(reproduce_command)
     group = typer.main.get_command(app)
     for kind, help_text in EXPERIMENT_COMMANDS.items():
         extra = _sweep_group_options() if kind == "sweep" else {}

@@ -29,6 +29,25 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("pystematic")
 
+#: Internal: a positive integer N makes the run stop after N iterations of its outermost
+#: ``context.loop`` (``pystematic reproduce --steps N`` sets it for the rerun; the runner
+#: reads it once).
+LOOP_LIMIT_ENV = "PYSTEMATIC_LOOP_LIMIT"
+
+
+class LoopLimitReached(BaseException):
+    """Raised out of the outermost ``context.loop`` when its iteration limit is reached.
+
+    A BaseException, so a user's ``except Exception`` does not swallow it; the runner
+    ends the run ``completed``. ``global_step`` is the recorder's step at the stop: the
+    steps below it are the ones the limited run recorded in full.
+    """
+
+    def __init__(self, iterations: int, global_step: int) -> None:
+        super().__init__(f"stopped after {iterations} iterations of the outermost loop")
+        self.iterations = iterations
+        self.global_step = global_step
+
 
 @dataclass
 class Counter:
@@ -88,6 +107,7 @@ class Context:
         world_size: int = 1,
         device: Any = None,
         resume_from: Path | None = None,
+        loop_limit: int | None = None,
     ) -> None:
         self.params = params
         self.output_dir = output_dir
@@ -110,6 +130,7 @@ class Context:
         self._tracked: dict[str, Any] = {}
         self._samplers: list[Any] = []
         self._resume_from = resume_from
+        self._loop_limit = loop_limit  # iterations of the outermost loop (--steps)
 
     # ------------------------------------------------------------ seeds
 
@@ -248,6 +269,8 @@ class Context:
                 return
             first = True
             for i in progress(n, desc, start=start, enabled=self.is_master):
+                if depth == 0 and self._loop_limit is not None and i >= self._loop_limit:
+                    raise LoopLimitReached(self._loop_limit, self.recorder.global_step)
                 if not first and frame.resuming:
                     frame.resuming = False
                     self._resume = None  # past the resumed iteration: inner loops start fresh

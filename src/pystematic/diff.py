@@ -190,6 +190,28 @@ class MetricsComparison:
             f"{_exact(first.a)} vs {_exact(first.b)}"
         )
 
+    def notes(self) -> list[str]:
+        """Lines that explain the verdict: missing files, steps in one file only, skipped
+        lines, and (when they differ) the largest absolute and relative differences."""
+        notes = []
+        if self.missing_a or self.missing_b:
+            which = " and ".join(x for x, m in (("A", self.missing_a), ("B", self.missing_b)) if m)
+            notes.append(f"no metrics.jsonl in {which}")
+        for label, steps in (("A", self.only_in_a), ("B", self.only_in_b)):
+            if steps:
+                notes.append(f"{len(steps):,} steps only in {label} ({_ranges(steps)})")
+        for label, count in (("A", self.unreadable_a), ("B", self.unreadable_b)):
+            if count:
+                notes.append(f"{count} unreadable line(s) in {label}'s metrics.jsonl skipped")
+        for kind, d in (("absolute", self.largest_absolute), ("relative", self.largest_relative)):
+            if d is not None and not self.identical:
+                value = d.absolute if kind == "absolute" else d.relative
+                notes.append(
+                    f"largest {kind} difference {value:.6g} at step {d.step}, {d.tag!r} "
+                    f"({_exact(d.a)} vs {_exact(d.b)})"
+                )
+        return notes
+
     def to_json(self) -> dict[str, Any]:
         def difference(d: MetricDifference | None) -> dict[str, Any] | None:
             if d is None:
@@ -492,11 +514,23 @@ def read_seeds(path: str | os.PathLike[str]) -> dict[tuple[int, int], tuple[str,
 
 
 def compare_seeds(
-    path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]
+    path_a: str | os.PathLike[str],
+    path_b: str | os.PathLike[str],
+    *,
+    partial_b: bool = False,
 ) -> SeedsComparison:
-    """Compare two seeds.log files (or run dirs): each seed's purpose and value, call by call."""
+    """Compare two seeds.log files (or run dirs): each seed's purpose and value, call by call.
+
+    ``partial_b``: B stopped early on purpose (``reproduce --steps``), so the seeds A drew
+    after B's last one are not differences.
+    """
     seeds_a, seeds_b = read_seeds(path_a), read_seeds(path_b)
     a, b = seeds_a or {}, seeds_b or {}
+    if partial_b:
+        last: dict[int, int] = {}
+        for rank, call in b:
+            last[rank] = max(call, last.get(rank, -1))
+        a = {(rank, call): v for (rank, call), v in a.items() if call <= last.get(rank, -1)}
     calls_b: dict[tuple[int, str], int] = {}
     for (rank, call), (purpose, _) in sorted(b.items()):
         calls_b.setdefault((rank, purpose), call)
@@ -546,6 +580,11 @@ def read_packages(path: Path) -> dict[str, tuple[str, str]] | None:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    return parse_packages(text)
+
+
+def parse_packages(text: str) -> dict[str, tuple[str, str]]:
+    """``name==version`` lines (packages.txt) as ``normalized name -> (name, version)``."""
     found = {}
     for line in text.splitlines():
         name, sep, version = line.strip().partition("==")
@@ -571,7 +610,14 @@ class PackagesComparison:
 
 
 def compare_packages(path_a: Path, path_b: Path) -> PackagesComparison:
-    a, b = read_packages(path_a), read_packages(path_b)
+    """Compare two packages.txt files."""
+    return compare_package_listings(read_packages(path_a), read_packages(path_b))
+
+
+def compare_package_listings(
+    a: Mapping[str, tuple[str, str]] | None, b: Mapping[str, tuple[str, str]] | None
+) -> PackagesComparison:
+    """Compare two listings as :func:`read_packages` gives them (None: no listing)."""
     pa, pb = a or {}, b or {}
     return PackagesComparison(
         added=[f"{pb[k][0]}=={pb[k][1]}" for k in sorted(pb.keys() - pa.keys())],
@@ -668,7 +714,7 @@ class RunDiff:
 def diff_runs(run_a: Path, run_b: Path) -> RunDiff:
     """Compare two run dirs in every respect ``pystematic diff`` shows."""
     data_a, data_b = read_run_json(run_a), read_run_json(run_b)
-    params_a, params_b = _params(run_a, data_a), _params(run_b, data_b)
+    params_a, params_b = run_params(run_a, data_a), run_params(run_b, data_b)
     return RunDiff(
         a=_summary(run_a, data_a),
         b=_summary(run_b, data_b),
@@ -698,7 +744,7 @@ def _summary(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _params(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+def run_params(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     """run.json's params, else parameters.toml's."""
     params = data.get("params")
     if isinstance(params, dict):
@@ -824,26 +870,7 @@ def print_diff(result: RunDiff, console: Console | None = None) -> None:
 
     metrics = result.metrics
     heading("metrics", metrics.verdict(), not metrics.identical)
-    notes = []
-    if metrics.missing_a or metrics.missing_b:
-        which = " and ".join(
-            x for x, m in (("A", metrics.missing_a), ("B", metrics.missing_b)) if m
-        )
-        notes.append(f"no metrics.jsonl in {which}")
-    for label, steps in (("A", metrics.only_in_a), ("B", metrics.only_in_b)):
-        if steps:
-            notes.append(f"{len(steps):,} steps only in {label} ({_ranges(steps)})")
-    for label, count in (("A", metrics.unreadable_a), ("B", metrics.unreadable_b)):
-        if count:
-            notes.append(f"{count} unreadable line(s) in {label}'s metrics.jsonl skipped")
-    for kind, d in (("absolute", metrics.largest_absolute), ("relative", metrics.largest_relative)):
-        if d is not None and not metrics.identical:
-            value = d.absolute if kind == "absolute" else d.relative
-            notes.append(
-                f"largest {kind} difference {value:.6g} at step {d.step}, {d.tag!r} "
-                f"({_exact(d.a)} vs {_exact(d.b)})"
-            )
-    for note in notes:
+    for note in metrics.notes():
         out(f"  {escape(note)}")
     if metrics.finals:
         final_rows = []

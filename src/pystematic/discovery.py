@@ -159,16 +159,29 @@ def _module_files(name: str, root: Path) -> list[Path]:
     if spec.submodule_search_locations:
         files: list[Path] = []
         for location in spec.submodule_search_locations:
-            files.extend(sorted(Path(location).rglob("*.py")))
-        return [f for f in files if not any(part.startswith(".") for part in f.parts)]
+            # Dot-folders inside the package are skipped, not those above it (a project
+            # under ~/.work, or a `reproduce` worktree, is a project like any other).
+            files.extend(
+                f
+                for f in sorted(Path(location).rglob("*.py"))
+                if not any(part.startswith(".") for part in f.relative_to(location).parts)
+            )
+        return files
     return [Path(spec.origin)] if spec.origin else []
 
 
 def _put_root_on_path(root: Path) -> None:
-    """Make the project importable; it stays on ``sys.path`` since user code imports lazily."""
+    """Make the project importable; it stays on ``sys.path`` since user code imports lazily.
+
+    Only the root's own finder forgets what it listed (files written since, in a long-lived
+    process such as a notebook): ``importlib.invalidate_caches()`` takes ~0.4 s once torch
+    is imported.
+    """
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
+    forget = getattr(sys.path_importer_cache.get(str(root)), "invalidate_caches", None)
+    if forget is not None:
+        forget()
 
 
 # ---------------------------------------------------------------- importing

@@ -10,7 +10,8 @@ Anything else is a bug in pystematic or in the experiment and keeps its tracebac
     ├── UnknownExperimentError      with a "did you mean"
     ├── ParameterError              a bad value, choice, missing required, bad params file
     ├── RunDirError                 output dir not writable, run dir in use
-    └── DistributedError            too few GPUs, bad launch options
+    ├── DistributedError            too few GPUs, bad launch options
+    └── ReproduceError              a past run whose code or environment cannot be rebuilt
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class DistributedError(PystematicError):
     """A distributed launch that cannot start, or a rank that failed."""
 
 
+class ReproduceError(PystematicError):
+    """A past run that ``pystematic reproduce`` cannot rebuild: no git information, a
+    missing commit, a git.diff that does not apply, another Python or torch."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
     import difflib
@@ -73,5 +79,6 @@ for _cls in (
     ParameterError,
     RunDirError,
     DistributedError,
+    ReproduceError,
 ):
     _cls.__module__ = "pystematic"

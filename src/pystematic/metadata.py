@@ -171,10 +171,11 @@ class GitProbe:
     def _untracked_diff(self, toplevel: Path, paths: list[str]) -> str:
         parts: list[str] = []
         total = 0
+        excluded = self._excluded_prefixes(toplevel)
         for rel in sorted(paths):
-            path = toplevel / rel
-            if not self._is_source(toplevel, rel):
+            if not _is_source(rel, excluded):
                 continue
+            path = toplevel / rel
             try:
                 if not path.is_file() or path.stat().st_size > _MAX_UNTRACKED_FILE:
                     continue
@@ -190,21 +191,32 @@ class GitProbe:
             parts.append(_new_file_diff(rel, data.decode("utf-8", "surrogateescape"), executable))
         return "".join(parts)
 
-    def _is_source(self, toplevel: Path, rel: str) -> bool:
-        parts = rel.split("/")
-        if Path(rel).suffix not in SOURCE_SUFFIXES:
-            return False
-        # Dot-folders, caches and virtualenvs that nobody listed in .gitignore.
-        if any(p.startswith(".") or p in ("__pycache__", "site-packages") for p in parts[:-1]):
-            return False
-        path = (toplevel / rel).resolve()
-        return not any(path.is_relative_to(folder) for folder in self._exclude)
+    def _excluded_prefixes(self, toplevel: Path) -> tuple[str, ...]:
+        """The excluded folders (the output dir) as ``rel/`` prefixes of git's paths."""
+        prefixes = []
+        top = toplevel.resolve()
+        for folder in self._exclude:
+            try:
+                prefixes.append(folder.relative_to(top).as_posix().rstrip("/") + "/")
+            except ValueError:
+                continue  # outside the repository: git does not list it
+        return tuple(prefixes)
 
     def _close(self) -> None:
         for command in self._commands.values():
             with contextlib.suppress(OSError):
                 command.close()
         self._commands.clear()
+
+
+def _is_source(rel: str, excluded: tuple[str, ...]) -> bool:
+    """Whether an untracked file (a path relative to the repository) goes into git.diff."""
+    if not rel.endswith(tuple(SOURCE_SUFFIXES)) or rel.startswith(excluded):
+        return False
+    # Dot-folders, caches and virtualenvs that nobody listed in .gitignore.
+    return not any(
+        p.startswith(".") or p in ("__pycache__", "site-packages") for p in rel.split("/")[:-1]
+    )
 
 
 def _new_file_diff(rel: str, text: str, executable: bool) -> str:
@@ -288,10 +300,18 @@ class PackagesProbe:
 
 
 def _environment_key() -> list[Any]:
+    """The interpreter and the folders on ``sys.path`` that hold distributions, each with
+    its modification time (installing or removing a distribution changes it). Folders
+    without any (the script's, the project's) are left out: they change all the time."""
     key: list[Any] = [sys.executable]
     for entry in sys.path:
-        with contextlib.suppress(OSError):
-            key.append([entry, os.stat(entry or ".").st_mtime_ns])
+        try:
+            with os.scandir(entry or ".") as listing:
+                holds = any(e.name.endswith((".dist-info", ".egg-info")) for e in listing)
+            if holds:
+                key.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            continue
     return key
 
 

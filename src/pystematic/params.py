@@ -99,8 +99,8 @@ class Parameter:
         return target
 
 
-#: Names no user parameter may take: ``--help`` and ``show-params --json`` are options too.
-RESERVED_NAMES = frozenset({"help", "json"})
+#: Names no user parameter may take: ``--help``, and ``show-params --json / --all``.
+RESERVED_NAMES = frozenset({"help", "json", "all"})
 
 
 def parameter(
@@ -300,19 +300,30 @@ def _convert_one(param: Parameter, value: Any) -> Any:
         raise ValueError("a float")
     if kind == "str":
         if isinstance(value, str):
-            return value
+            return _utf8(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError("a string")
     if kind == "path":
         if isinstance(value, (str, os.PathLike)):
-            return Path(value)
+            return Path(_utf8(os.fspath(value)))
         raise ValueError("a path")
     # A custom parse callable takes the input string; other values pass through it too.
     try:
         return param.type(value)
     except Exception as e:  # the callable's own message says what it expected
         raise ValueError(f"accepted by {param.type_name} ({e})") from None
+
+
+def _utf8(text: Any) -> Any:
+    """Text that parameters.toml and run.json can hold: undecodable bytes from the command
+    line (surrogates) are refused, not written as a broken file later."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("valid UTF-8 text") from None
+    return text
 
 
 def convert(param: Parameter, value: Any, origin: str) -> Any:
@@ -510,6 +521,12 @@ def resolve_parameters(
         folder = rundir.resume_dir(Path(resume))
         layers.append(params_file_layer(folder / rundir.PARAMETERS_TOML, experiment_id))
     resolved = resolve(parameters, layers, compute=compute)
+    seed = resolved.values.get("random_seed")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ParameterError(
+            f"invalid value for --random-seed: {seed} is not in 0..2**32-1 "
+            f"(from {resolved.sources.get('random_seed')})"
+        )
     # The recorder default comes from the config, not from the decorator.
     if resolved.sources.get("recorder") == "[defaults]" and "recorder" not in project.defaults:
         resolved.sources["recorder"] = "config"

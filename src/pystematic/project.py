@@ -30,6 +30,7 @@ KNOWN_KEYS = {
     "recorder",
     "defaults",
     "experiments",
+    "mlflow",
     "sweep",
 }
 # Folders never scanned, whatever the config says.
@@ -50,6 +51,7 @@ class Project:
     recorder: tuple[str, ...] = DEFAULT_BACKENDS
     defaults: dict[str, Any] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlflow: dict[str, Any] = field(default_factory=dict)  # [mlflow]: the recorder backend's
     sweep: dict[str, Any] = field(default_factory=dict)  # [sweep], checked by sweep.py
 
 
@@ -60,6 +62,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
@@ -191,7 +195,6 @@ def load_project(
     defaults = _table(table.get("defaults", {}), "defaults", config_file)
     experiments_table = _table(table.get("experiments", {}), "experiments", config_file)
     experiments = _experiment_tables(experiments_table, config_file)
-    sweep = _table(table.get("sweep", {}), "sweep", config_file)
     return Project(
         root=root,
         config_file=config_file,
@@ -203,7 +206,8 @@ def load_project(
         recorder=recorder,
         defaults=defaults,
         experiments=experiments,
-        sweep=sweep,
+        mlflow=_table(table.get("mlflow", {}), "mlflow", config_file),
+        sweep=_table(table.get("sweep", {}), "sweep", config_file),
     )
 
 

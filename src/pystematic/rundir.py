@@ -74,14 +74,19 @@ def resume_dir(path: Path) -> Path:
     return folder
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace *path* with *data* so readers see the old or the new file, never half of one."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace *path* with *data* so readers see the old or the new file, never half of one.
+
+    ``durable`` also syncs it to disk first, so it survives a power cut (a checkpoint, a
+    run's final record); without it a crash of the process still never leaves half a file.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -94,7 +99,7 @@ def write_parameters(
 ) -> None:
     import tomli_w
 
-    write_atomic(run_dir / name, tomli_w.dumps(dict(snapshot)).encode("utf-8"))
+    write_atomic(run_dir / name, tomli_w.dumps(dict(snapshot)).encode("utf-8"), durable=False)
 
 
 @contextlib.contextmanager
@@ -129,11 +134,13 @@ def _strict(value: Any) -> Any:
 
 
 def update_run_json(
-    run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False
+    run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False, durable: bool = False
 ) -> dict[str, Any]:
     """Merge *fields* into run.json under the lock; a status never gets weaker.
 
-    ``restart`` (a resume) is the one write allowed to set a final run back to running.
+    ``restart`` (a resume) is the one write allowed to set a final run back to running;
+    ``durable`` syncs the file to disk (the final status: one fsync a run, not one a
+    heartbeat).
     """
     with _locked(run_dir):
         data = read_run_json(run_dir)
@@ -152,7 +159,7 @@ def update_run_json(
                 new.pop(key, None)
         data.update(new)
         text = json.dumps(_strict(data), indent=1, default=str, allow_nan=False)
-        write_atomic(run_dir / RUN_JSON, text.encode("utf-8"))
+        write_atomic(run_dir / RUN_JSON, text.encode("utf-8"), durable=durable)
         return data
 
 
@@ -225,7 +232,7 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
 def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
     """The final status (and error, duration, metrics) of a run; never a weaker one."""
     now = now_iso()
-    update_run_json(run_dir, {**fields, "end": now, "heartbeat": now})
+    update_run_json(run_dir, {**fields, "end": now, "heartbeat": now}, durable=True)
 
 
 class Heartbeat:

@@ -25,11 +25,10 @@ from types import FrameType
 from typing import Any
 
 from . import context as context_module
-from . import distributed, rundir, seeding
+from . import distributed, globalstate, rundir, seeding
 from .discovery import ExperimentInfo
 from .errors import PystematicError
 from .params import Params
-from .progress import configure_logging
 from .project import Project
 from .start import Probes, StartedRun, start_run
 
@@ -75,6 +74,7 @@ def run_experiment(
             f"{running.output_dir.parent.name!r}: one experiment runs at a time in a process"
         )
     env = distributed.detect_environment()
+    loop_limit = loop_limit_from_environment()
     with ExitStack() as group:
         rank, world_size, local_rank = (
             (env.rank, env.world_size, env.local_rank) if env else (0, 1, 0)
@@ -97,11 +97,28 @@ def run_experiment(
             local_rank=local_rank,
             world_size=world_size,
             device=_device(env, backend),
+            loop_limit=loop_limit,
         )
         outcome = session.run()
         if env is not None and outcome.exit_code != EXIT_OK:
             group.pop_all()  # a failed rank leaves the group to the launcher's teardown
         return outcome
+
+
+def loop_limit_from_environment() -> int | None:
+    """The iteration limit a parent command (``reproduce --steps``) handed down, read once."""
+    text = os.environ.pop(context_module.LOOP_LIMIT_ENV, None)
+    if text is None:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PystematicError(
+            f"{context_module.LOOP_LIMIT_ENV} must be a positive integer, got {text!r}"
+        )
+    return limit
 
 
 def _join_group(env: distributed.DistEnv, backend: str, stack: ExitStack) -> None:
@@ -192,6 +209,7 @@ class RunSession:
         local_rank: int,
         world_size: int,
         device: Any,
+        loop_limit: int | None = None,
     ) -> None:
         self.info = info
         self.project = project
@@ -201,6 +219,7 @@ class RunSession:
         self.local_rank = local_rank
         self.world_size = world_size
         self.device = device
+        self.loop_limit = loop_limit
         self.end: dict[str, Any] = {"status": "completed"}
         self.outcome = RunOutcome(EXIT_OK)
         self.began = time.time()
@@ -236,10 +255,10 @@ class RunSession:
         capture = OutputCapture(run_dir / log_name)
         capture.start()
         stack.callback(capture.stop)
+        # Logging, torch's flags and signal handlers go back as they were (a notebook).
+        stack.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
         stack.enter_context(_sigterm_raises())
         stack.callback(self._write_final_record)
-        stack.callback(configure_logging(bool(values.get("debug"))))
-        stack.callback(seeding.deterministic_restorer())
         seeding.set_current_rank(self.rank)
         seeding.seed_all(self.started.seed)
         seeding.set_deterministic(bool(values.get("deterministic")))
@@ -248,8 +267,16 @@ class RunSession:
             backends=list(values.get("recorder") or self.project.recorder),
             rank=self.rank,
             world_size=self.world_size,
+            settings={"mlflow": {**self.project.mlflow, "root": self.project.root}},
         )
         stack.callback(self._close_recorder)
+        self.recorder.start_run(
+            self.started.snapshot,
+            experiment=self.info.id,
+            tags=values.get("tag") or (),
+            git_commit=rundir.read_run_json(run_dir).get("git_commit") if self.rank == 0 else None,
+            resumed=self.started.resumed,
+        )
         ctx = context_module.Context(
             params=Params(values),
             output_dir=run_dir,
@@ -260,6 +287,7 @@ class RunSession:
             world_size=self.world_size,
             device=self.device,
             resume_from=_resume_from(values) if self.started.resumed else None,
+            loop_limit=self.loop_limit,
         )
         context_module.set_current(ctx)
         stack.callback(context_module.set_current, None)
@@ -283,6 +311,18 @@ class RunSession:
     def _classify(self, e: BaseException) -> None:
         """The status, exit code and error a way out of main stands for."""
         self.outcome.error = e
+        if isinstance(e, context_module.LoopLimitReached):
+            # Asked for (reproduce --steps): the run is complete as far as it was to go.
+            self.outcome.error = None
+            note = f"stopped after {e.iterations} iterations of the outermost context.loop"
+            self.end = {
+                "status": "completed",
+                "note": note,
+                "stopped_after": {"iterations": e.iterations, "global_step": e.global_step},
+            }
+            if self.rank == 0:
+                log.info("%s (step limit)", note)
+            return
         if isinstance(e, KeyboardInterrupt):
             self.outcome.exit_code = EXIT_SIGINT
             self.end = {"status": "interrupted", "error": "KeyboardInterrupt"}
@@ -319,14 +359,22 @@ class RunSession:
     # ------------------------------------------------------------ closing
 
     def _close_recorder(self) -> None:
+        """The run's status to the backends, then everything written and closed.
+
+        A recorder that cannot write (a full disk) fails the run, unless it failed anyway
+        (run.json keeps the user's own error then).
+        """
         recorder = self.recorder
         try:
+            recorder.end_run(self.end["status"])
+        except Exception as e:
+            print(f"error: recording failed: {type(e).__name__}: {e}", file=sys.stderr)
+            if self.end["status"] != "failed":
+                self.outcome.exit_code, self.outcome.error = EXIT_FAILED, e
+                self._failed(f"{type(e).__name__}: {e}", None)
+            recorder.end_run("failed")
+        finally:
             recorder.close()
-        except OSError as e:
-            # The disk filled up: the run did not keep what it recorded.
-            self.outcome.exit_code = self.outcome.exit_code or EXIT_FAILED
-            self._failed(f"recording failed: {e.strerror or e}", None)
-            print(f"error: recording failed: {e.strerror or e}", file=sys.stderr)
 
     def _write_final_record(self) -> None:
         if self.rank != 0 and self.end["status"] == "completed":

@@ -34,7 +34,6 @@ __all__ = [
     "SeedRecord",
     "capture_rng_state",
     "chain_worker_init_fn",
-    "deterministic_restorer",
     "draw_seed",
     "rank_rng",
     "restore_rng_state",
@@ -42,6 +41,7 @@ __all__ = [
     "seed_sync_problems",
     "set_current_rank",
     "set_deterministic",
+    "snapshot_determinism",
     "worker_init_fn",
 ]
 
@@ -111,27 +111,36 @@ def set_deterministic(enabled: bool) -> None:
         torch.use_deterministic_algorithms(enabled)
 
 
-def deterministic_restorer() -> Callable[[], None]:
-    """What puts torch's deterministic-algorithm and cuDNN flags back as they are now.
+def snapshot_determinism() -> Callable[[], None]:
+    """Remember torch's determinism switches; the function returned puts them back.
 
-    A run turns them on for ``--deterministic``; a notebook that ran one must not stay
-    deterministic afterwards.
+    Covers what :func:`set_deterministic` touches: ``use_deterministic_algorithms`` (and
+    its ``warn_only``), ``cudnn.deterministic``, ``cudnn.benchmark`` and
+    ``CUBLAS_WORKSPACE_CONFIG``, so a notebook that ran an experiment with
+    ``deterministic=True`` is not left in deterministic mode.
     """
     import torch
 
-    saved = (
+    cudnn = torch.backends.cudnn
+    algorithms = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
     )
+    flags = (cudnn.deterministic, cudnn.benchmark)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
 
     def restore() -> None:
-        enabled, warn_only, cudnn_deterministic, cudnn_benchmark = saved
-        if torch.are_deterministic_algorithms_enabled() != enabled:
-            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        torch.backends.cudnn.deterministic = cudnn_deterministic
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+        cudnn.deterministic, cudnn.benchmark = flags
+        now = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        if now != algorithms:  # (the call costs ~1 s the first time: only when needed)
+            torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
     return restore
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from . import checkpoint, rundir, seeding
 from .discovery import ExperimentInfo, cache_dir
-from .errors import ParameterError, RunDirError, did_you_mean
+from .errors import ParameterError, RunDirError
 from .metadata import GitProbe, PackagesProbe, environment_info, write_git_diff
 from .project import Project
+from .recording import check_backends
 
 #: Extra run.json fields for the run this process starts (a JSON object), set by the
 #: commands that start runs in child processes (``sweep``: ``{"sweep": ID}``,
@@ -80,19 +81,6 @@ def output_dir(values: Mapping[str, Any], project: Project) -> Path:
     return Path(values["output_dir"]) if values.get("output_dir") else project.output_dir
 
 
-def check_backends(names: Sequence[str]) -> None:
-    """Recorder backends must exist before a run dir does (a did-you-mean for a typo)."""
-    from .recording import BACKENDS
-
-    known = sorted(BACKENDS)
-    for name in names:
-        if name.strip().lower() not in BACKENDS:
-            hint = did_you_mean(name, known) or ""
-            raise ParameterError(
-                f"unknown recorder backend {name!r}{hint} (known: {', '.join(known)})"
-            )
-
-
 def resume_target(path: Path) -> Path:
     """The run dir ``--resume`` continues; it must hold a checkpoint to continue from."""
     folder = rundir.resume_dir(path)
@@ -124,7 +112,7 @@ def start_run(
     """
     values = dict(values)
     snapshot = dict(snapshot)
-    check_backends(values.get("recorder") or project.recorder)
+    check_backends(values.get("recorder") or project.recorder)  # extras installed too
     if values.get("random_seed") is None:
         values["random_seed"] = snapshot["random_seed"] = seeding.draw_seed()
     extra = {**fields_from_environment(), **(fields or {})}

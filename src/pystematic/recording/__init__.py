@@ -9,14 +9,25 @@
 
 How it stays fast: values of a step go into a dict; :meth:`Recorder.step` puts
 one record per step on a deque; every ``batch_steps`` steps (or ``flush_secs``
-seconds, by a small thread) each backend writes the batch with one ``write()``
+seconds, 0.2 by default, by a small thread) each backend writes the batch with one ``write()``
 (tensorboard: one event per step). Memory is bounded by one batch. GPU tensors
 are kept (as a clone, so later in-place updates do not change them) and
 converted when the batch is written, one transfer per batch: no sync per call.
 
 Tags: every character outside ``A-Z a-z 0-9 _ . / -`` becomes ``_`` and leading
 ``/`` are removed (``"val acc"`` -> ``"val_acc"``), the same for every backend;
-each renamed tag is logged once. ``step`` and ``time`` are reserved.
+each renamed tag is logged once; two tags that become the same name are an
+error. ``step`` and ``time`` are reserved.
+
+Interruptions: a step is committed by one C-level deque append, and batches are
+written with stop signals held back (:mod:`._signals`), so a Ctrl-C or SIGTERM
+landing anywhere leaves every committed step written exactly once, under its own
+index, in every backend. A backend that fails (a full disk) raises in the
+training loop instead of being dropped quietly.
+
+A run's lifecycle, for backends that show runs (TensorBoard's HParams, MLflow):
+:meth:`Recorder.start_run` with the parameters, steps, :meth:`Recorder.end_run`
+with the final status, :meth:`Recorder.close`.
 
 Only rank 0 writes; on other ranks every call is a no-op except that
 ``reduce=...`` takes part in the all-reduce (all ranks must make that call).
@@ -24,6 +35,7 @@ Only rank 0 writes; on other ranks every call is a no-op except that
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import operator
@@ -35,10 +47,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from time import time as _now
-from typing import Any
+from typing import Any, cast
 
-from ..errors import ParameterError
-from .base import Backend, Item, StepRecord
+from ..errors import ConfigError, ParameterError, did_you_mean
+from ._signals import SignalsHeld
+from .base import END_STATUSES, Backend, Item, RunInfo, StepRecord
 from .console import ConsoleBackend
 from .jsonl import JsonlBackend
 from .memory import MemoryBackend
@@ -52,25 +65,21 @@ __all__ = [
     "JsonlBackend",
     "MemoryBackend",
     "Recorder",
+    "RunInfo",
     "StepRecord",
     "TensorBoardBackend",
+    "check_backends",
     "sanitize_tag",
 ]
 
 _log = logging.getLogger("pystematic.recording")
 
-#: Backend names accepted by ``Recorder(backends=[...])``, ``recorder = [...]`` and ``--recorder``.
-BACKENDS: dict[str, Callable[[], Backend]] = {
-    "tensorboard": TensorBoardBackend,
-    "jsonl": JsonlBackend,
-    "console": ConsoleBackend,
-    "memory": MemoryBackend,
-}
 RESERVED_TAGS = frozenset({"step", "time"})
 REDUCE_OPS = ("mean", "sum", "min", "max")
 
 _BAD_TAG_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
 _INF = math.inf
+_new_tuple = tuple.__new__  # StepRecord(...) without NamedTuple's Python-level __new__
 
 
 def sanitize_tag(tag: str) -> str:
@@ -78,7 +87,57 @@ def sanitize_tag(tag: str) -> str:
     return _BAD_TAG_CHARS.sub("_", tag).lstrip("/") or "_"
 
 
-def _make_backends(backends: Sequence[str | Backend]) -> list[Backend]:
+def _mlflow_backend(**settings: Any) -> Backend:
+    """``[mlflow]`` settings: ``tracking_uri``; the runner adds ``root`` (the project's)."""
+    from .mlflow import MlflowBackend  # imports mlflow itself only when a run starts
+
+    unknown = sorted(set(settings) - {"tracking_uri", "root"})
+    if unknown:
+        raise ConfigError(f"[mlflow]: unknown setting(s) {', '.join(unknown)}; known: tracking_uri")
+    return MlflowBackend(**settings)
+
+
+#: Backend names accepted by ``Recorder(backends=[...])``, ``recorder = [...]`` and
+#: ``--recorder``: a callable taking the backend's settings (its config table) as keywords.
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "tensorboard": TensorBoardBackend,
+    "jsonl": JsonlBackend,
+    "console": ConsoleBackend,
+    "memory": MemoryBackend,
+    "mlflow": _mlflow_backend,
+}
+#: Backends that need an optional extra: name -> (module to import, the extra).
+EXTRAS = {"mlflow": ("mlflow", "mlflow")}
+
+
+def check_backends(names: Sequence[str]) -> None:
+    """Refuse unknown backend names and backends whose extra is not installed (a
+    one-line :class:`ParameterError`), without importing anything: called before
+    a run folder is made."""
+    for entry in [names] if isinstance(names, str) else names:
+        name = entry.strip().lower()
+        if name not in BACKENDS:
+            known = sorted(BACKENDS)
+            hint = did_you_mean(name, known)
+            raise ParameterError(
+                f"unknown recorder backend {entry!r}{hint} (known: {', '.join(known)})"
+            )
+        if name in EXTRAS:
+            module, extra = EXTRAS[name]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ParameterError(
+                    f"the {name!r} recorder backend needs {module}: "
+                    f"pip install 'pystematic[{extra}]'"
+                )
+
+
+def _make_backends(
+    backends: Sequence[str | Backend], settings: Mapping[str, Mapping[str, Any]]
+) -> list[Backend]:
     if isinstance(backends, (str, Backend)):
         backends = [backends]
     made: list[Backend] = []
@@ -87,13 +146,11 @@ def _make_backends(backends: Sequence[str | Backend]) -> list[Backend]:
         if isinstance(entry, Backend):
             made.append(entry)
         elif isinstance(entry, str):
+            check_backends([entry])
             name = entry.strip().lower()
-            if name not in BACKENDS:
-                known = ", ".join(sorted(BACKENDS))
-                raise ParameterError(f"unknown recorder backend {entry!r} (known: {known})")
             if name not in seen:
                 seen.add(name)
-                made.append(BACKENDS[name]())
+                made.append(BACKENDS[name](**dict(settings.get(name) or {})))
         else:
             raise TypeError(
                 f"a recorder backend is a name or a Backend, not {type(entry).__name__}"
@@ -126,25 +183,41 @@ def _resolve_tensors(records: Sequence[StepRecord], nonfinite: Callable[[str], N
 
 
 class _Writer:
-    """Owns the backends on rank 0: a deque of committed steps, written in batches.
+    """Owns the backends on rank 0: the queue of steps, written in batches.
+
+    The queue holds the committed steps (:class:`StepRecord`), then the *open*
+    one (a list ``[step, 0.0, scalars, items]`` the values are being added to) at
+    its right end: :meth:`Recorder.step` stamps the open record and commits it by
+    appending the next open one, one C call, so a signal lands either before the
+    commit or after it, never in between; ``global_step`` is the open record's
+    step, so it cannot drift from what was committed.
 
     The training loop writes a batch itself each ``batch_steps`` steps (measured:
     ~30% faster than handing batches to a thread, which competes for the GIL and
-    for the 2 cores of a CI machine); a daemon thread writes what is left every
-    ``flush_secs``, so a stalled loop (a long evaluation) still gets its steps on
-    disk. Backend calls happen under ``io_lock``, in commit order. A record leaves
-    the deque only after every backend wrote it, and ``done`` remembers how far
-    each backend got: a KeyboardInterrupt in the middle of a batch neither loses
-    nor duplicates steps. The thread holds only a weak reference to its
-    :class:`Recorder`: a recorder dropped without ``close()`` is still written out.
+    for the 2 cores of a CI machine); a daemon thread writes what is committed
+    every ``flush_secs``, so a stalled loop (a long evaluation) or a hard crash
+    loses at most that much. Backend calls happen under ``io_lock``, in commit
+    order, with stop signals held back in the main thread (:mod:`._signals`): a
+    record leaves the queue only after every backend wrote it, and ``done``
+    remembers how far each backend got, so an interrupt neither loses nor
+    duplicates steps. A backend that raises is called no more and its exception
+    is raised in the training loop (at once, or at its next call when the thread
+    met it). The thread holds only a weak reference to its :class:`Recorder`: a
+    recorder dropped without ``close()`` is still written out.
     """
 
     def __init__(
-        self, owner: Recorder, backends: list[Backend], *, batch_steps: int, flush_secs: float
+        self,
+        owner: Recorder,
+        backends: list[Backend],
+        queue: deque[Any],
+        *,
+        batch_steps: int,
+        flush_secs: float,
     ) -> None:
         self.owner = weakref.ref(owner)
         self.backends = backends
-        self.queue: deque[StepRecord] = deque()
+        self.queue = queue
         self.batch_steps = batch_steps
         self.flush_secs = flush_secs
         self.io_lock = threading.Lock()
@@ -154,51 +227,62 @@ class _Writer:
         self.thread: threading.Thread | None = None
         self.has_tensors = False  # set once a deferred tensor value was recorded
         self.failed: set[int] = set()
+        self.error: BaseException | None = None  # a backend's failure not yet raised
         self.popped = 0  # records taken off the queue so far
         self.done = {id(b): 0 for b in backends}  # records each backend has written
+        self.last: dict[str, Any] = {}  # the last written value of each tag
 
-    def put(self, record: StepRecord) -> None:
-        queue = self.queue
-        queue.append(record)
-        if len(queue) >= self.batch_steps:
-            self.drain()
-        elif self.thread is None:
-            self.thread = threading.Thread(
-                target=self._run, name="pystematic-recorder-flush", daemon=True
-            )
-            self.thread.start()
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=self._run, name="pystematic-recorder-flush", daemon=True
+        )
+        self.thread.start()
 
     def _run(self) -> None:
         while not self.stopping:
             self.wake.wait(self.flush_secs)
             orphaned = self.owner() is None
             try:
-                self.drain()
-            except Exception:  # never let the thread die silently
-                _log.exception("recorder: writing failed")
+                with self.io_lock:
+                    if orphaned:
+                        _seal(self.queue)
+                    self._drain_locked()
+            except Exception as e:  # never let the thread die silently
+                self._failure(e, "the recorder's writer thread")
             if orphaned:
                 self.close()
                 return
 
     def drain(self) -> None:
-        """Hand every queued step to the backends, a batch at a time."""
-        with self.io_lock:
-            queue = self.queue
-            while queue:
-                n = min(len(queue), self.batch_steps)
-                # indexing, not iterating: the loop may append while the thread drains
-                batch = [queue[i] for i in range(n)]
-                if self.has_tensors:
-                    _resolve_tensors(batch, self._nonfinite)
-                start, end = self.popped, self.popped + n
-                for backend in self.backends:
-                    skip = self.done[id(backend)] - start
-                    if skip < n:
-                        self._call_one(backend, "write_steps", batch[skip:] if skip else batch)
-                        self.done[id(backend)] = end
-                for _ in range(n):
-                    queue.popleft()
-                self.popped = end
+        """Hand every committed step to the backends, a batch at a time."""
+        with SignalsHeld(), self.io_lock:
+            self._drain_locked()
+        if self.error is not None:
+            self.raise_error()
+
+    def _drain_locked(self) -> None:
+        queue = self.queue
+        while True:
+            # the last record is the open step; indexing, not iterating: the loop may
+            # append (or stamp the open record) while the thread drains
+            n = min(len(queue) - 1, self.batch_steps)
+            if n <= 0:
+                return
+            batch = [queue[i] for i in range(n)]
+            if self.has_tensors:
+                _resolve_tensors(batch, self._nonfinite)
+            start, end = self.popped, self.popped + n
+            for backend in self.backends:
+                skip = self.done[id(backend)] - start
+                if skip < n:
+                    self._call_one(backend, "write_steps", batch[skip:] if skip else batch)
+                    self.done[id(backend)] = end
+            last = self.last
+            for record in batch:
+                last.update(record[2])
+            for _ in range(n):
+                queue.popleft()
+            self.popped = end
 
     def _nonfinite(self, tag: str) -> None:
         owner = self.owner()
@@ -210,35 +294,55 @@ class _Writer:
             return
         try:
             getattr(backend, method)(*args)
-        except Exception:
+        except Exception as e:
             self.failed.add(id(backend))
-            _log.exception(
-                "recorder backend %r failed in %s(); it records nothing more in this run",
-                backend.name,
-                method,
-            )
+            self._failure(e, f"recorder backend {backend.name!r} in {method}()")
+
+    def _failure(self, error: Exception, where: str) -> None:
+        _log.error("%s failed: %s; it records nothing more in this run", where, error)
+        if self.error is None:
+            self.error = error
+
+    def raise_error(self) -> None:
+        """Raise a backend's failure in the caller (the training loop), once."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
     def call(self, method: str, *args: Any) -> None:
-        """Drain, then call ``method`` on every backend (under the lock)."""
-        self.drain()
-        with self.io_lock:
+        """Write every committed step, then call ``method`` on every backend."""
+        with SignalsHeld(), self.io_lock:
+            self._drain_locked()
             for backend in self.backends:
                 self._call_one(backend, method, *args)
+        if self.error is not None:
+            self.raise_error()
 
     def close(self) -> None:
         if self.closed:
             return
-        self.stopping = True
-        self.wake.set()
-        thread = self.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self.drain()
-        with self.io_lock:
-            if not self.closed:
-                self.closed = True
-                for backend in self.backends:
-                    self._call_one(backend, "close")
+        with SignalsHeld():
+            self.stopping = True
+            self.wake.set()
+            thread = self.thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+            with self.io_lock:
+                if not self.closed:
+                    self.closed = True
+                    self._drain_locked()
+                    for backend in self.backends:
+                        self._call_one(backend, "close")
+        if self.error is not None and threading.current_thread() is not self.thread:
+            self.raise_error()
+
+
+def _seal(queue: deque[Any]) -> None:
+    """Commit the open record if it holds values (close, or a dropped recorder)."""
+    step, _, scalars, items = queue[-1]
+    if scalars or items:
+        queue[-1] = StepRecord(step, _now(), scalars, items)
+        queue.append([step + 1, 0.0, {}, []])
 
 
 class Recorder:
@@ -250,8 +354,11 @@ class Recorder:
     :param rank: this process's global rank; only rank 0 writes.
     :param world_size: number of ranks (``reduce=`` all-reduces when > 1).
     :param global_step: the first step's number (resume).
-    :param flush_secs: the writer thread writes at least this often (seconds).
+    :param flush_secs: committed steps reach the backends at least this often
+        (seconds): what a hard crash (segfault, ``os._exit``) can lose at most.
     :param batch_steps: steps per batch handed to the backends (bounds memory).
+    :param settings: per-backend settings (``{"mlflow": {"tracking_uri": ...}}``,
+        the config's tables), handed to the backends that take them.
     """
 
     def __init__(
@@ -262,31 +369,39 @@ class Recorder:
         rank: int = 0,
         world_size: int = 1,
         global_step: int = 0,
-        flush_secs: float = 2.0,
+        flush_secs: float = 0.2,
         batch_steps: int = 1024,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._output_dir = Path(output_dir)
-        self._backends = _make_backends(backends)
+        self._backends = _make_backends(backends, settings or {})
         self._rank = rank
         self._world_size = world_size
-        self._global_step = 0
-        self.global_step = global_step
+        # rank 0: committed steps, then the open one (see _Writer); other ranks count
+        # committed StepRecords, then the open step as a list [step, 0.0, scalars, items]
+        self._queue: deque[Any] = deque()
+        self._step = 0
         self._pending: dict[str, Any] = {}
         self._items: list[Item] = []
-        self._last: dict[str, Any] = {}
         self._keys: dict[str, str] = {}  # tag as given -> tag as recorded
+        self._origins: dict[str, str] = {}  # tag as recorded -> the tag given first
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
+        self._started = False
+        self._ended = False
         self._writer: _Writer | None = None
         if rank == 0:
+            self._queue.append([0, 0.0, self._pending, self._items])
             for backend in self._backends:
                 backend.open(self._output_dir)
             self._writer = _Writer(
                 self,
                 self._backends,
+                self._queue,
                 batch_steps=max(1, batch_steps),
                 flush_secs=flush_secs,
             )
+        self.global_step = global_step
         # Only rank 0 of an open recorder records; everything else short-circuits on this.
         self._writes = rank == 0
 
@@ -311,19 +426,32 @@ class Recorder:
     @property
     def global_step(self) -> int:
         """The step the next :meth:`step` commits (starts at 0; settable for resume)."""
-        return self._global_step
+        queue = self._queue
+        return queue[-1][0] if queue else self._step
 
     @global_step.setter
     def global_step(self, value: int) -> None:
         step = operator.index(value)
         if step < 0:
             raise ValueError(f"global_step must be >= 0, got {step}")
-        self._global_step = step
+        queue = self._queue
+        if queue:
+            _, _, pending, items = queue[-1]
+            queue[-1] = [step, 0.0, pending, items]
+        else:
+            self._step = step
 
     @property
     def last_scalars(self) -> dict[str, float]:
         """The last committed value of each scalar tag (empty on ranks other than 0)."""
-        last = dict(self._last)  # one C-level copy: safe against the loop updating it
+        writer = self._writer
+        if writer is None:
+            return {}
+        with writer.io_lock:  # the written values, then the committed ones not yet written
+            last = dict(writer.last)
+            committed = list(self._queue)[:-1]
+        for record in committed:
+            last.update(record[2])
         return {k: v if type(v) is float else float(v) for k, v in last.items()}
 
     # -- recording --------------------------------------------------------------------
@@ -422,75 +550,139 @@ class Recorder:
 
     def step(self) -> None:
         """Commit what was added since the last step under ``global_step``; advance it."""
-        step = self._global_step
         if not self._writes:
             if self._closed:
                 self._warn_closed()
-                return
-            self._global_step = step + 1
+            else:
+                self._step += 1
             return
-        self._global_step = step + 1
-        self._commit(step)
-
-    def _commit(self, step: int) -> None:
-        scalars = self._pending
-        items = self._items
-        if scalars or items:
-            assert self._writer is not None
-            # Queue first, forget second: a signal arriving in between can at worst
-            # leave the values pending (a window of two bytecodes), never lose them.
-            self._writer.put(StepRecord(step, _now(), scalars, items))
-            self._pending, self._items = {}, []
-            self._last.update(scalars)
+        writer = self._writer
+        assert writer is not None
+        if writer.error is not None:
+            writer.raise_error()
+        queue = self._queue
+        tail = queue[-1]
+        step, _, pending, items = tail
+        if pending is not self._pending:  # a step() interrupted right after its commit
+            self._reopen()
+        if pending or items:
+            queue[-1] = _new_tuple(StepRecord, (step, _now(), pending, items))  # still open
+            new_pending: dict[str, Any] = {}
+            new_items: list[Item] = []
+            # the commit: one C call, so a signal lands before or after it
+            queue.append([step + 1, 0.0, new_pending, new_items])
+            self._pending = new_pending
+            self._items = new_items
+            if len(queue) > writer.batch_steps:
+                writer.drain()
+            elif writer.thread is None:
+                writer.start()
+        elif type(tail) is list:
+            tail[0] = step + 1
+        else:
+            queue[-1] = [step + 1, 0.0, pending, items]
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def start_run(
+        self,
+        params: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        experiment: str | None = None,
+        tags: Sequence[str] = (),
+        git_commit: str | None = None,
+        resumed: bool = False,
+    ) -> None:
+        """Tell the backends a run starts: its parameters (TensorBoard's HParams session
+        start, MLflow's params) and what identifies it. Once, before the first step;
+        rank 0 writes. ``run_id`` defaults to the output folder's name."""
+        if self._writer is None or self._closed or self._started:
+            return
+        self._started = True
+        info = RunInfo(
+            params=dict(params),
+            run_id=run_id or self._output_dir.name,
+            experiment=experiment or "",
+            run_dir=self._output_dir,
+            start_time=_now(),
+            tags=tuple(tags),
+            git_commit=git_commit,
+            resumed=resumed,
+        )
+        self._writer.call("start_run", info)
+
+    def end_run(self, status: str) -> None:
+        """Write every step, then tell the backends the run ended with ``status``
+        (``"completed"``, ``"failed"`` or ``"interrupted"``). Call before :meth:`close`.
+
+        Raises what a backend raised while writing (a full disk): the caller then ends
+        the run as failed, calling ``end_run("failed")`` again (once a backend failed,
+        it is skipped)."""
+        if status not in END_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(END_STATUSES)}, got {status!r}")
+        writer = self._writer
+        if writer is None or self._closed or self._ended:
+            return
+        with SignalsHeld():
+            _seal(self._queue)
+            self._reopen()
+            writer.call("flush")
+            writer.call("end_run", status)
+            self._ended = True
 
     def flush(self) -> None:
         """Write every committed step and make it durable (fsync)."""
         if self._writer is not None and not self._closed:
             self._writer.call("flush")
 
-    def hparams(self, params: Mapping[str, Any]) -> None:
-        """Write TensorBoard hparams: ``params`` with the recorded scalars as metrics.
-
-        Call once at the end of a run, before :meth:`close` (rank 0 writes).
-        """
-        if self._writer is None:
-            return
-        if self._closed:
-            self._warn_closed()
-            return
-        metrics = {**self.last_scalars, **{k: math.nan for k in self._pending}}
-        self._writer.call("hparams", dict(params), metrics)
-
     def truncate(self, step: int) -> None:
         """Resume at ``step``: backends forget steps ``>= step`` (metrics.jsonl lines are
-        dropped, tensorboard points removed and purged); ``global_step`` becomes ``step``."""
+        dropped, tensorboard points removed and purged, a torn last line and leftover
+        temporary files removed); ``global_step`` becomes ``step``."""
         self.global_step = step
         if self._writer is not None and not self._closed:
-            self._writer.call("truncate", self._global_step)
+            self._writer.call("truncate", self.global_step)
 
     def close(self) -> None:
         """Commit values added since the last step, write everything, close the backends.
 
-        Idempotent. Calls after it are ignored with one warning.
+        Idempotent. Calls after it are ignored with one warning. Raises what a backend
+        raised while writing, if that was not raised yet.
         """
         if self._closed:
             return
-        writes = self._writes
-        self._writes = False
-        self._closed = True
-        if writes and self._writer is not None:
-            self._commit(self._global_step)
-            self._writer.close()
+        with SignalsHeld():
+            writes = self._writes
+            self._writes = False
+            self._closed = True
+            if writes and self._writer is not None:
+                _seal(self._queue)
+                self._writer.close()
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Ends a started run (completed, failed, or interrupted on Ctrl-C/SystemExit),
+        then closes."""
+        try:
+            if self._started and not self._ended:
+                if exc_type is None:
+                    self.end_run("completed")
+                elif issubclass(exc_type, Exception):
+                    self.end_run("failed")
+                else:
+                    self.end_run("interrupted")
+        finally:
+            self.close()
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _reopen(self) -> None:
+        """Point ``scalar()`` and friends at the open record's containers again."""
+        _, _, pending, items = self._queue[-1]
+        self._pending, self._items = pending, cast("list[Item]", items)
 
     def _key(self, tag: str) -> str:
         key = self._keys.get(tag)
@@ -502,6 +694,12 @@ class Recorder:
         key = sanitize_tag(tag)
         if tag in RESERVED_TAGS or key in RESERVED_TAGS:
             raise ValueError(f"{tag!r} is reserved: metrics.jsonl uses 'step' and 'time' itself")
+        origin = self._origins.setdefault(key, tag)
+        if origin != tag:
+            raise ValueError(
+                f"tags {origin!r} and {tag!r} are both recorded as {key!r}"
+                " (TensorBoard's tag characters): rename one"
+            )
         if key != tag:
             self._warn_once(
                 "tag", tag, "tag %r is recorded as %r (TensorBoard's tag characters)", tag, key

@@ -15,7 +15,15 @@ subclass :class:`Backend` and implement :meth:`Backend.write_step`::
 
 Backends are called from one thread at a time (the training loop's when a
 batch of steps is full, the recorder's flush thread for what is left every
-few seconds), only on rank 0, and only after :meth:`Backend.open`.
+fraction of a second), only on rank 0, and only after :meth:`Backend.open`.
+An exception a backend raises reaches the training loop (from the next
+``step()``, ``flush()`` or ``close()``), so a full disk fails the run instead
+of going unnoticed; that backend is then called no more.
+
+A run's lifecycle: :meth:`Backend.start_run` once when it starts (with its
+parameters), steps, :meth:`Backend.end_run` with the final status, then
+:meth:`Backend.close`. A standalone :class:`~pystematic.recording.Recorder`
+without ``start_run()`` only sees steps.
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import IO, Any, ClassVar, NamedTuple
+
+#: The final statuses a run can end with (``Recorder.end_run``).
+END_STATUSES = ("completed", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,28 @@ class StepRecord(NamedTuple):
     #: tag -> value; values are Python floats (NaN and infinities included)
     scalars: dict[str, float]
     items: Sequence[Item]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a backend learns when a run starts (:meth:`Backend.start_run`)."""
+
+    #: every parameter of the run (the snapshot in parameters.toml); values may be nested
+    params: Mapping[str, Any]
+    #: the run's id (its folder's name)
+    run_id: str
+    #: the experiment's id (``train``, ``vision.fit``)
+    experiment: str
+    #: the run's folder
+    run_dir: Path
+    #: wall time (``time.time()``) of the start
+    start_time: float
+    #: the ``--tag`` values
+    tags: tuple[str, ...] = ()
+    #: the git commit of the code, when known
+    git_commit: str | None = None
+    #: True when the run continues an earlier one (``--resume``)
+    resumed: bool = False
 
 
 class Backend:
@@ -89,8 +122,23 @@ class Backend:
     def truncate(self, step: int) -> None:
         """Resume support: forget what was recorded at ``step`` or later."""
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Record the run's parameters with its final scalars (end of a run)."""
+    def start_run(self, run: RunInfo) -> None:
+        """A run starts (or resumes): record its parameters and what identifies it."""
+
+    def end_run(self, status: str) -> None:
+        """The run ended with ``status``: ``"completed"``, ``"failed"`` or
+        ``"interrupted"``. Every step was handed to :meth:`write_steps` before."""
 
     def close(self) -> None:
         """Flush and release files. Called once."""
+
+
+def write_all(f: IO[bytes], data: bytes) -> None:
+    """Write every byte to an unbuffered file: a short write (a file size limit, a disk
+    filling up) is followed by another, which raises the OS error."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(f"{getattr(f, 'name', 'file')}: nothing written")
+        view = view[n:]

@@ -4,7 +4,8 @@
 Python float recorded (``repr``, as ``json.dumps`` writes it; non-finite values
 as ``NaN``, ``Infinity``, ``-Infinity``, which Python's ``json`` reads back).
 Lines are written whole, a batch per unbuffered ``write()``, so the file stays
-valid line by line after a crash.
+valid line by line after a crash, except for a last line torn by a kill in the
+middle of a write: the next recorder on the file cuts it off before appending.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import Backend, StepRecord
+from .base import Backend, StepRecord, write_all
 
 FILE_NAME = "metrics.jsonl"
 
@@ -47,22 +48,34 @@ class JsonlBackend(Backend):
             if self._path is None:
                 raise RuntimeError("JsonlBackend.open() was not called")
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._terminate_partial_line(self._path)
+            self._cut_torn_line(self._path)
             # unbuffered: a batch is one write() call, so an interrupt never splits it
             self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
         return self._file
 
     @staticmethod
-    def _terminate_partial_line(path: Path) -> None:
-        """A crash mid-line must not glue our first line onto the broken one."""
+    def _cut_torn_line(path: Path) -> None:
+        """Drop a last line without its newline (a kill mid-write): it is not valid JSON,
+        and our first line must not be glued onto it."""
         try:
             with open(path, "rb+") as f:
-                f.seek(0, os.SEEK_END)
-                if f.tell() == 0:
+                end = f.seek(0, os.SEEK_END)
+                if end == 0:
                     return
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
+                f.seek(end - 1)
+                if f.read(1) == b"\n":
+                    return
+                pos = end
+                while pos > 0:  # back to the last newline, a block at a time
+                    start = max(0, pos - 65536)
+                    f.seek(start)
+                    found = f.read(pos - start).rfind(b"\n")
+                    if found >= 0:
+                        pos = start + found + 1
+                        break
+                    pos = start
+                _log.warning("%s: cut a torn last line (%d bytes)", path, end - pos)
+                f.truncate(pos)
         except FileNotFoundError:
             pass
 
@@ -83,7 +96,7 @@ class JsonlBackend(Backend):
             parts.append("}\n")
             lines.append("".join(parts))
         if lines:
-            self._ensure_file().write("".join(lines).encode("utf-8"))
+            write_all(self._ensure_file(), "".join(lines).encode("utf-8"))
 
     def write_step(self, record: StepRecord) -> None:
         self.write_steps([record])
@@ -93,11 +106,15 @@ class JsonlBackend(Backend):
             os.fsync(self._file.fileno())
 
     def truncate(self, step: int) -> None:
-        """Drop lines with ``step >= step`` (and unreadable ones, e.g. a torn last line)."""
+        """Drop lines with ``step >= step`` (and unreadable ones, e.g. a torn last line);
+        remove a ``.tmp`` left by a rewrite cut short (the original is intact)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._path is None or not self._path.exists():
+        if self._path is None:
+            return
+        self._path.with_name(self._path.name + ".tmp").unlink(missing_ok=True)
+        if not self._path.exists():
             return
         kept, dropped, broken = [], 0, 0
         with open(self._path, encoding="utf-8", errors="replace") as f:
@@ -118,6 +135,8 @@ class JsonlBackend(Backend):
             tmp = self._path.with_name(self._path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._path)
 
     def close(self) -> None:

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from .base import Backend, StepRecord
+from .base import Backend, RunInfo, StepRecord
 
 
 class MemoryBackend(Backend):
-    """Stores what it is given; ``records``, ``hparams_calls``, ``closed`` are public."""
+    """Stores what it is given; ``records``, ``runs``, ``ended``, ``closed`` are public."""
 
     name = "memory"
 
     def __init__(self) -> None:
         self.output_dir: Path | None = None
         self.records: list[StepRecord] = []
-        self.hparams_calls: list[tuple[dict[str, Any], dict[str, float]]] = []
+        self.runs: list[RunInfo] = []
+        self.ended: list[str] = []
         self.truncated_at: list[int] = []
         self.flushes = 0
         self.closed = False
@@ -38,8 +38,11 @@ class MemoryBackend(Backend):
         self.truncated_at.append(step)
         self.records = [r for r in self.records if r.step < step]
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        self.hparams_calls.append((dict(params), dict(metrics)))
+    def start_run(self, run: RunInfo) -> None:
+        self.runs.append(run)
+
+    def end_run(self, status: str) -> None:
+        self.ended.append(status)
 
     def close(self) -> None:
         self.closed = True

@@ -4,9 +4,17 @@ Scalar events are encoded here directly — an ``Event{wall_time, step,
 summary{value{tag, simple_value}}}`` is a few fixed bytes per tag — and framed
 as TFRecords (length, masked CRC32C, data, masked CRC32C) in large writes. That
 is what makes the recorder ~20x faster than ``SummaryWriter.add_scalar``, whose
-cost is a protobuf object plus a multiprocessing queue hand-off per value (see
-``shared/notes/recording.md``). Text, histograms, images and hparams go through
+cost is a protobuf object plus a multiprocessing queue hand-off per value.
+The HParams plugin's session start and end are encoded here too (a run's start
+must not pay for importing protobuf); text, histograms and images go through
 tensorboardX's summary builders, imported only when first needed.
+
+HParams: each run writes a session start (its parameters) when it starts and a
+session end (its status) when it ends, and no experiment summary: TensorBoard
+then builds the table from every run under the logdir, marks the parameters
+that differ and takes each run's last scalars as its metrics. TensorBoard keeps
+the first value of each summary tag of a run, so a resumed run first removes
+the session start and end of its earlier attempt.
 
 The bytes equal what protobuf serialises (``tests/test_recording.py`` checks),
 and TensorBoard's own reader reads every tag, step and value back.
@@ -27,7 +35,7 @@ from typing import IO, Any
 # C CRC32C (a dependency): tensorboardX's pure-Python fallback is 3x slower end to end.
 from crc32c import crc32c as _crc32c
 
-from .base import Backend, Item, StepRecord
+from .base import Backend, Item, RunInfo, StepRecord, write_all
 
 DIR_NAME = "tensorboard"
 
@@ -121,6 +129,60 @@ def purge_event(step: int, wall_time: float) -> bytes:
     return b"\x09" + _pack_f64(wall_time) + b"\x10" + _varint(step) + b"\x3a\x02\x08\x01"
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _pb_value(value: bool | int | float | str) -> bytes:
+    """A serialised ``google.protobuf.Value``: bool, number or string."""
+    if isinstance(value, bool):
+        return b"\x20\x01" if value else b"\x20\x00"  # bool_value = 4
+    if isinstance(value, (int, float)):
+        try:
+            return b"\x11" + _pack_f64(float(value))  # number_value = 2
+        except OverflowError:  # an int beyond float range
+            value = str(value)
+    return _field(3, str(value).encode("utf-8"))  # string_value = 3
+
+
+#: TensorBoard's ``hparams`` Status for each end status of a run. TensorBoard has no
+#: "aborted": an interrupted run did not complete, like a failed one (run.json and
+#: ``pystematic runs`` tell them apart); a run with no end yet shows as unknown.
+HPARAMS_STATUS = {"completed": 1, "failed": 2, "interrupted": 2}  # SUCCESS, FAILURE
+SESSION_START_TAG = "_hparams_/session_start_info"
+SESSION_END_TAG = "_hparams_/session_end_info"
+
+
+def _hparams_summary(tag: str, plugin_data: bytes) -> bytes:
+    """A serialised ``Summary`` with one value: ``tag`` and hparams plugin metadata."""
+    plugin = _field(1, b"hparams") + _field(2, plugin_data)  # PluginData
+    metadata = _field(1, plugin)  # SummaryMetadata.plugin_data
+    value = _field(1, tag.encode("utf-8")) + _field(9, metadata)  # Summary.Value
+    return _field(1, value)
+
+
+def session_start_summary(hparams: Mapping[str, bool | int | float | str], start: float) -> bytes:
+    """``Summary`` holding ``HParamsPluginData{session_start_info{hparams, start_time}}``."""
+    entries = b"".join(
+        _field(1, _field(1, name.encode("utf-8")) + _field(2, _pb_value(value)))
+        for name, value in hparams.items()
+    )
+    info = entries + b"\x29" + _pack_f64(start)  # start_time_secs = 5
+    return _hparams_summary(SESSION_START_TAG, _field(3, info))
+
+
+def session_end_summary(status: str, end: float) -> bytes:
+    """``Summary`` holding ``HParamsPluginData{session_end_info{status, end_time}}``."""
+    info = b"\x08" + _varint(HPARAMS_STATUS[status]) + b"\x11" + _pack_f64(end)
+    return _hparams_summary(SESSION_END_TAG, _field(4, info))
+
+
+def _is_hparams_session(data: bytes) -> bool:
+    """Whether a serialised Event carries a session start or end (cheap byte test)."""
+    return b"_hparams_/session_" in data
+
+
 def read_records(path: Path) -> Iterator[bytes]:
     """The data of each complete record; a torn tail (a crash mid-write) ends it."""
     with open(path, "rb") as f:
@@ -169,15 +231,18 @@ def event_step(data: bytes) -> tuple[int, bool]:
     return step, is_version
 
 
-def purge_file(path: Path, step: int) -> int:
-    """Rewrite an event file without the events at ``step`` or later; returns how many
-    were dropped. Readers other than TensorBoard's own ignore purge events, so the
-    points are really removed (atomically: a new file replaces the old)."""
+def purge_file(path: Path, step: int | None, *, sessions: bool = False) -> int:
+    """Rewrite an event file without the events at ``step`` or later (and, with
+    ``sessions``, without HParams session starts and ends); returns how many were
+    dropped. Readers other than TensorBoard's own ignore purge events, so the points
+    are really removed (atomically: a new file replaces the old)."""
     kept: list[bytes] = []
     dropped = 0
     for data in read_records(path):
         event_at, is_version = event_step(data)
-        if is_version or event_at < step:
+        if sessions and _is_hparams_session(data):
+            dropped += 1
+        elif is_version or step is None or event_at < step:
             kept.append(data)
         else:
             dropped += 1
@@ -186,6 +251,8 @@ def purge_file(path: Path, step: int) -> int:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(b"".join(frame(d) for d in kept))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     return dropped
 
@@ -267,8 +334,8 @@ class TensorBoardBackend(Backend):
         if self._purge_step is not None:
             head += frame(purge_event(self._purge_step, now))
             self._purge_step = None
-        f.write(head)
         self._file, self._path = f, path
+        write_all(f, head)
         return f
 
     def write_steps(self, records: Sequence[StepRecord]) -> None:
@@ -280,7 +347,7 @@ class TensorBoardBackend(Backend):
                 summary += self._items(items)
             chunks.append(frame(event(step, wall, summary)))
         if chunks:
-            self._ensure_file().write(b"".join(chunks))
+            write_all(self._ensure_file(), b"".join(chunks))
 
     def _items(self, items: Sequence[Item]) -> bytes:
         out = []
@@ -298,20 +365,30 @@ class TensorBoardBackend(Backend):
         if self._file is not None:
             os.fsync(self._file.fileno())
 
-    def truncate(self, step: int) -> None:
+    def _rewrite(self, step: int | None, *, sessions: bool = False) -> None:
+        """Purge the event files of earlier attempts; remove our own ``.tmp`` leftovers."""
         self.close()
-        if self._dir is not None and self._dir.is_dir():
-            for path in sorted(self._dir.glob("*tfevents*")):
-                if path.is_file() and not path.name.endswith(".tmp"):
-                    purge_file(path, step)
+        if self._dir is None or not self._dir.is_dir():
+            return
+        for path in sorted(self._dir.glob("*tfevents*")):
+            if path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # a rewrite cut short: the original is intact
+            elif path.is_file():
+                purge_file(path, step, sessions=sessions)
+
+    def truncate(self, step: int) -> None:
+        self._rewrite(step)
         self._purge_step = step
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        from tensorboardX.summary import hparams
+    def start_run(self, run: RunInfo) -> None:
+        if run.resumed:
+            self._rewrite(None, sessions=True)
+        summary = session_start_summary(_flatten(run.params), run.start_time)
+        write_all(self._ensure_file(), frame(event(0, run.start_time, summary)))
 
-        summaries = hparams(_flatten(params), dict(metrics))
-        data = b"".join(s.SerializeToString() for s in summaries)
-        self._ensure_file().write(frame(event(0, time.time(), data)))
+    def end_run(self, status: str) -> None:
+        now = time.time()
+        write_all(self._ensure_file(), frame(event(0, now, session_end_summary(status, now))))
 
     def close(self) -> None:
         if self._file is not None:
