@@ -805,8 +805,11 @@ class Sweep:
         if starts_run:
             # git is asked by each run's own process, as it imports the code (jobs.run_job):
             # code edited during a sweep is what later runs import, and their record says so.
-            if self.packages is None:
-                self.packages = Probes.start(self.project).packages
+            if self.packages is None:  # asked once (Probes.start would start git too)
+                from .discovery import cache_dir
+                from .metadata import PackagesProbe
+
+                self.packages = PackagesProbe(cache_dir(self.project) / "packages.json")
             probes = Probes(git=cast(Any, _GitLater()), packages=self.packages)
             started = start_run(
                 self.info, self.project, values, snapshot, argv, probes=probes, fields=fields
