@@ -1,6 +1,6 @@
 """Shared helper of the benchmark scripts: interleaved wall-clock timing of fresh processes.
 
-DESIGN.md section 11: every benchmark compares against a baseline measured in the same
+Every benchmark compares against a baseline measured in the same
 run, the commands interleaved (alternating which goes first), at least 9 rounds, and
 reports the ratio of the medians. These machines are noisy; a single timing means nothing.
 

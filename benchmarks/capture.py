@@ -1,6 +1,6 @@
 """Benchmark: a run that prints 200k lines, through the output capture (output.log).
 
-Commands, interleaved (DESIGN.md section 11), stdout and stderr to /dev/null:
+Commands, interleaved, stdout and stderr to /dev/null:
 
 - ``baseline``: a plain script that imports torch and prints the lines;
 - ``pystematic run``: an experiment printing the same lines inside ``context.loop(2)``,
@@ -15,7 +15,7 @@ baseline): what queueing prints above the progress rows costs.
 
 Also times the log filter alone (``_CarriageReturnFilter.feed`` over the same 200k lines
 in 1 MiB chunks, as the reader thread sees them), interleaved with DIR's filter when
-given. There is no target in DESIGN.md: the numbers say whether the capture got slower.
+given. There is no target for it: the numbers say whether the capture got slower.
 
     python benchmarks/capture.py [--rounds 9] [--lines 200000] [--tty] [--compare-src DIR]
 """

@@ -1,10 +1,10 @@
-"""Benchmark: ``pystematic distributed --nproc 2`` against torchrun (DESIGN.md section 11).
+"""Benchmark: ``pystematic distributed --nproc 2`` against torchrun.
 
 Target: ``pystematic distributed trivial --nproc 2`` takes <= 1.10 x the wall time of
 ``torchrun --nproc_per_node 2 --standalone worker.py`` running the same work.
 
 Both launch 2 CPU ranks with torch's elastic launcher (spawned processes, each importing
-torch; see notes/distributed.md 1.6: about 3.3 s, dominated by the imports). To be fair,
+torch; measured here: about 3.3 s, dominated by the imports). To be fair,
 the baseline worker does what a pystematic rank does around a trivial experiment:
 
     import argparse, torch, torch.distributed as dist

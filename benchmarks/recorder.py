@@ -1,14 +1,14 @@
 """Recorder throughput against raw tensorboardX, measured in the same run.
 
-    /work/venv/bin/python benchmarks/recorder.py [--rounds 9] [--steps 50000] [--raw-steps 5000]
+    python benchmarks/recorder.py [--rounds 9] [--steps 50000] [--raw-steps 5000]
 
 Each round times, in alternating order, (a) ``SummaryWriter.add_scalar`` once per
 scalar and (b) ``Recorder(dir, ["tensorboard", "jsonl"])`` with ``scalar()`` x4 +
 ``step()``, both from creating the writer to ``close()`` returning, 4 tags per
 step, in a fresh temp dir. Raw tensorboardX runs fewer steps per round (it is
 ~30x slower; rates are per scalar, so they compare). Prints both rates, per
-round and as medians, and the ratio of the medians (target >= 10x, see
-DESIGN.md section 11).
+round and as medians, and the ratio of the medians (target >= 10x, the README's
+performance table).
 """
 
 from __future__ import annotations

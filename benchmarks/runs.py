@@ -1,4 +1,4 @@
-"""Benchmark: listing 2,000 runs (DESIGN.md section 11: ``pystematic runs`` ≤ 1 s,
+"""Benchmark: listing 2,000 runs (targets: ``pystematic runs`` ≤ 1 s,
 ``ps.runs_dataframe()`` ≤ 1.5 s).
 
 Writes synthetic run dirs (``<dir>/<experiment>/<run-id>/run.json``, shaped like the

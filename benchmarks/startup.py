@@ -1,4 +1,4 @@
-"""Benchmark: CLI startup (DESIGN.md section 11).
+"""Benchmark: CLI startup (targets: the README's performance table).
 
 Targets: ``pystematic --help`` <= 0.3 s; ``pystematic list`` of 50 experiments in 10
 modules that import torch, repeated with unchanged files, <= 0.25 s wall (the discovery

@@ -1,4 +1,4 @@
-"""End to end: distributed runs through the real CLI, as real processes (DESIGN.md section 8).
+"""End to end: distributed runs through the real CLI, as real processes.
 
 Every test launches ``python -m pystematic`` (or torchrun, or simulated ``srun`` tasks) in a
 throw-away project holding one small DDP experiment, ``ddp``: it writes what each rank saw at

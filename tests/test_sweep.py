@@ -292,6 +292,12 @@ def test_run_parameter_sweep_checks_its_points_first() -> None:
         ps.run_parameter_sweep(tiny, [{}], max_num_processes=0)
     with pytest.raises(ParameterError, match="takes an experiment"):
         ps.run_parameter_sweep(print, [{}])
+    namespace: dict[str, object] = {}
+    exec("def cell(params):\n    pass\n", namespace)  # as in a notebook: no source file
+    cell = ps.experiment(namespace["cell"])  # type: ignore[arg-type]
+    for call in (lambda: ps.run_parameter_sweep(cell, [{}]), lambda: cell.run_in_new_process()):
+        with pytest.raises(ps.PystematicError, match="has no source file"):
+            call()
     assert not (Path(__file__).parent / "output").exists()
 
 

@@ -67,11 +67,10 @@ class CliState:
     only: list[ExperimentInfo] | None = None  # exp.cli() / group.cli(): these, no discovery
     raise_errors: bool = False  # exit_on_error=False: main's value and errors come back
     project_flag: Path | None = None
-    result: Any = None
     _project: Project | None = None
     _found: Discovered | None = None
     _probes: Any = None
-    _warned: bool = field(default=False)
+    _warned: bool = False
 
     def project(self) -> Project:
         if self._project is None:
@@ -880,8 +879,43 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class RootCommands(TyperGroup):
+    """The ``pystematic`` group: a command is made when it is asked for, so a call
+    builds only the one it runs (Typer reads a function's annotations to build it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.makers: dict[str, Callable[[], Any]] = {}
+
+    def list_commands(self, ctx: ClickContext) -> list[str]:
+        return [*self.makers, *(n for n in self.commands if n not in self.makers)]
+
+    def get_command(self, ctx: ClickContext, name: str) -> Any:
+        if name not in self.commands and name in self.makers:
+            self.commands[name] = self.makers[name]()
+        return self.commands.get(name)
+
+
+def _typer_command(name: str, function: Callable[..., Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        return typer.main.get_command_from_info(
+            CommandInfo(name=name, callback=function),
+            pretty_exceptions_short=True,
+            rich_markup_mode=typer.core.DEFAULT_MARKUP_MODE,
+        )
+
+    return make
+
+
+def _experiment_group(kind: str) -> Callable[[], Any]:
+    extra = _sweep_group_options if kind == "sweep" else dict
+    return lambda: ExperimentCommands(
+        kind=kind, name=kind, help=EXPERIMENT_COMMANDS[kind], no_args_is_help=True, **extra()
+    )
+
+
 def build_app() -> Any:
-    """The whole CLI as a click group; experiment commands are built only when asked for."""
+    """The whole CLI as a click group; commands are built only when asked for."""
     app = typer.Typer(
         name="pystematic",
         help="Set up, run and keep track of reproducible PyTorch experiments.",
@@ -889,6 +923,7 @@ def build_app() -> Any:
         pretty_exceptions_enable=False,
         add_completion=True,
         context_settings=CONTEXT_SETTINGS,
+        cls=RootCommands,
     )
 
     @app.callback()
@@ -906,16 +941,18 @@ def build_app() -> Any:
     ) -> None:
         """Set up, run and keep track of reproducible PyTorch experiments."""
 
-    app.command("list")(list_command)
-    app.command("runs")(runs_command)
-    app.command("diff")(diff_command)
-    app.command("reproduce")(reproduce_command)
     group = typer.main.get_command(app)
-    for kind, help_text in EXPERIMENT_COMMANDS.items():
-        extra = _sweep_group_options() if kind == "sweep" else {}
-        group.add_command(  # type: ignore[attr-defined]
-            ExperimentCommands(kind=kind, name=kind, help=help_text, no_args_is_help=True, **extra)
-        )
+    assert isinstance(group, RootCommands)
+    group.makers = {
+        "list": _typer_command("list", list_command),
+        "run": _experiment_group("run"),
+        "show-params": _experiment_group("show-params"),
+        "distributed": _experiment_group("distributed"),
+        "sweep": _experiment_group("sweep"),
+        "runs": _typer_command("runs", runs_command),
+        "diff": _typer_command("diff", diff_command),
+        "reproduce": _typer_command("reproduce", reproduce_command),
+    }
     return group
 
 

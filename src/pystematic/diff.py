@@ -3,7 +3,7 @@
 Compares two run dirs side by side: parameters, seeds (seeds.log), code (git commit,
 branch, dirty and the difference of their git.diff files), packages (packages.txt),
 environment (run.json) and metrics (metrics.jsonl). The metrics decide the verdict:
-*identical* means every value but ``time`` is the same bit for bit (DESIGN section 6).
+*identical* means every value but ``time`` is the same bit for bit.
 
 :func:`compare_metrics` and :func:`compare_seeds` are the reusable pieces (``pystematic
 reproduce`` gives its verdict with them). Standard library only; rich is imported by

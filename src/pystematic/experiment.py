@@ -26,6 +26,7 @@ from .params import (
     declared_order,
     resolve_parameters,
 )
+from .project import project_for_file
 
 if TYPE_CHECKING:
     from .jobs import RunProcess
@@ -281,7 +282,7 @@ class Experiment:
             name=self.name,
             groups=[(g.name, g.help) for g in (self.group.path if self.group else [])],
             module=self.module,
-            file=str(self.file),
+            file=str(self.file) if self.file else "",
             description=self.description,
             help=self.help,
             parameters=self.parameters,
@@ -295,7 +296,6 @@ class Experiment:
     def run(self, params: Mapping[str, Any] | None = None) -> Any:
         """Run from Python exactly as the CLI would; returns the main function's value and
         raises what it raised."""
-        from .cli import project_for_file
         from .runner import run_experiment
 
         info = self.describe()
@@ -312,7 +312,6 @@ class Experiment:
         """Start a run in a child process and return at once: a handle with ``join()``,
         ``exitcode`` and ``run_dir`` (which exists already). Bad values raise here."""
         from .jobs import start_in_new_process
-        from .project import project_for_file
 
         info = self.describe()
         return start_in_new_process(info, project_for_file(info.file), dict(params or {}))

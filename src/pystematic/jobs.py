@@ -330,6 +330,15 @@ class RunProcess:
         return f"<RunProcess pid={self.pid} exitcode={self.exitcode} run_dir={self.run_dir}>"
 
 
+def check_importable(info: ExperimentInfo) -> None:
+    """Another process runs an experiment by importing its source file: it needs one."""
+    if not info.file or not Path(info.file).is_file():
+        raise PystematicError(
+            f"experiment {info.id!r} has no source file (a notebook cell?), so another "
+            "process cannot import it: define it in a module"
+        )
+
+
 def start_in_new_process(
     info: ExperimentInfo, project: Project, given: Mapping[str, Any]
 ) -> RunProcess:
@@ -337,6 +346,7 @@ def start_in_new_process(
     from .params import BUILTIN_PARAMETERS, resolve_parameters
     from .start import start_run
 
+    check_importable(info)
     parameters = [*info.parameters, *BUILTIN_PARAMETERS]
     resolved = resolve_parameters(info.id, parameters, info.defaults, project, dict(given))
     started = start_run(info, project, resolved.values, resolved.snapshot(), [info.id])

@@ -211,10 +211,11 @@ def load_project(
     )
 
 
-def project_for_file(file: str | None) -> Project:
-    """The project of an experiment's source file; the working folder's for code that has no
-    real file (a notebook cell, ``python -c``, a kernel's temporary cell file)."""
-    path = Path(file) if file and file != "None" else None
+def project_for_file(file: str) -> Project:
+    """The project of an experiment defined in *file*; the working folder's for code that has
+    no real source file (a notebook cell, IPython, ``python -c``: *file* is empty or a
+    kernel's temporary cell file)."""
+    path = Path(file) if file else None
     if path is not None and path.is_file() and "ipykernel_" not in path.parent.name:
         return load_project(script=path)
     return load_project()

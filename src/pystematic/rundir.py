@@ -177,21 +177,28 @@ def start_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
         run_dir,
         {
             "id": run_dir.name,
-            "status": "running",
             "start": now,
-            "end": None,
             "duration": None,
-            "error": None,
-            "traceback": None,
-            "failed_rank": None,
-            "pid": os.getpid(),
-            "host": hostname(),
-            "heartbeat": now,
+            **_running(now),
             "resumes": [],
             "metrics": {},
             **fields,
         },
     )
+
+
+def _running(now: str) -> dict[str, Any]:
+    """The fields of a run that is going on in this process from *now* on."""
+    return {
+        "status": "running",
+        "end": None,
+        "error": None,
+        "traceback": None,
+        "failed_rank": None,
+        "pid": os.getpid(),
+        "host": hostname(),
+        "heartbeat": now,
+    }
 
 
 def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> int:
@@ -212,18 +219,7 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
     resumes = [*data.get("resumes", []), {"time": now, "argv": argv}]
     update_run_json(
         run_dir,
-        {
-            "status": "running",
-            "end": None,
-            "error": None,
-            "traceback": None,
-            "failed_rank": None,
-            "pid": os.getpid(),
-            "host": hostname(),
-            "heartbeat": now,
-            "resumes": resumes,
-            "params": dict(snapshot),
-        },
+        {**_running(now), "resumes": resumes, "params": dict(snapshot)},
         restart=True,
     )
     return len(resumes)

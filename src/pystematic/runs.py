@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
-#: The keys of every record, in ``runs --json`` order (the contract of DESIGN.md section 1).
+#: The keys of every record, in ``runs --json`` order (a contract: scripts read them).
 RECORD_KEYS = ("id", "experiment", "status", "start", "duration", "path", "params", "metrics")
 #: Further keys every record has.
 EXTRA_KEYS = ("end", "tags", "error", "failed_rank", "world_size", "sweep")

@@ -34,7 +34,15 @@ from typing import Any, Protocol, cast
 from . import rundir, seeding
 from .discovery import ExperimentInfo
 from .errors import ConfigError, ParameterError, PystematicError, RunDirError, did_you_mean
-from .jobs import STOP_GRACE_S, JobResult, ProcessJob, RunJob, gpu_slots, visible_gpus
+from .jobs import (
+    STOP_GRACE_S,
+    JobResult,
+    ProcessJob,
+    RunJob,
+    check_importable,
+    gpu_slots,
+    visible_gpus,
+)
 from .params import BUILTIN_PARAMETERS, Parameter, cli_name, convert, to_toml_value
 from .project import Project
 
@@ -1378,6 +1386,7 @@ def run_parameter_sweep(
     info = describe(experiment)
     if info is None:
         raise ParameterError(f"run_parameter_sweep takes an experiment, got {experiment!r}")
+    check_importable(info)
     project = project_for_file(info.file)
     request = SweepRequest(points=[dict(p) for p in list_of_params], sweep_seed=random_seed)
     if not request.points:

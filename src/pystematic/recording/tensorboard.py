@@ -28,16 +28,43 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-# C CRC32C (a dependency): tensorboardX's pure-Python fallback is 3x slower end to end.
-from crc32c import crc32c as _crc32c
 
 from .base import Backend, Item, RunInfo, StepRecord, write_all
 
 DIR_NAME = "tensorboard"
+
+
+def _load_crc32c() -> Callable[[bytes], int]:
+    """The C CRC32C of the ``crc32c`` package (a dependency: tensorboardX's pure-Python
+    fallback is 3x slower end to end), loaded without the package's ``__init__``, which
+    imports ``importlib.metadata`` to look up its own version: ~80 ms of every run's start.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("crc32c")  # a top-level package: nothing is imported
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for folder in folders:
+            path = Path(folder) / f"_crc32c{suffix}"
+            if not path.is_file():
+                continue
+            loader = importlib.machinery.ExtensionFileLoader("crc32c._crc32c", str(path))
+            found = importlib.util.spec_from_file_location("crc32c._crc32c", path, loader=loader)
+            if found is not None:
+                module = importlib.util.module_from_spec(found)
+                loader.exec_module(module)
+                function: Callable[[bytes], int] = module.crc32c
+                return function
+    from crc32c import crc32c  # a layout this does not know: the package's own way
+
+    return crc32c
+
+
+_crc32c = _load_crc32c()
 
 _log = logging.getLogger("pystematic.recording")
 
