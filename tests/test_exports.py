@@ -24,8 +24,10 @@ PROMISED = {
     "group",
     "load_runs",
     "param_group",
+    "param_matrix",
     "parameter",
     "recorder",
+    "run_parameter_sweep",
     "runs_dataframe",
     "worker_init_fn",
 }
@@ -66,7 +68,7 @@ def test_all_is_exactly_the_public_names() -> None:
         for name, value in vars(ps).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    lazy = {"Recorder", "load_runs", "runs_dataframe"}
+    lazy = {"Recorder", "load_runs", "runs_dataframe", "param_matrix", "run_parameter_sweep"}
     modules_by_design = {"context", "recorder"}
     assert public | lazy | modules_by_design | {"__version__"} == set(ps.__all__)
 

@@ -27,6 +27,7 @@ if _TYPE_CHECKING:
     from . import recording as recorder
     from .recording import Recorder
     from .runs import load_runs, runs_dataframe
+    from .sweep import param_matrix, run_parameter_sweep
 
     # ps.context is the module pystematic.context, which forwards attribute access to
     # the running run's Context: to a type checker it is that Context.
@@ -55,8 +56,10 @@ __all__ = [
     "group",
     "load_runs",
     "param_group",
+    "param_matrix",
     "parameter",
     "recorder",
+    "run_parameter_sweep",
     "runs_dataframe",
     "worker_init_fn",
 ]
@@ -74,7 +77,7 @@ def global_entrypoint(argv: "list[str] | None" = None, exit_on_error: bool = Tru
 
 
 def __getattr__(name: str) -> _Any:
-    # Loaded on first use: the recorder pulls in numpy, runs reads files.
+    # Loaded on first use: the recorder pulls in numpy, runs reads files, sweeps start runs.
     if name == "Recorder":
         from .recording import Recorder
 
@@ -91,4 +94,8 @@ def __getattr__(name: str) -> _Any:
         from .runs import runs_dataframe
 
         return runs_dataframe
+    if name in ("param_matrix", "run_parameter_sweep"):
+        from . import sweep
+
+        return getattr(sweep, name)
     raise AttributeError(f"module 'pystematic' has no attribute {name!r}")

@@ -51,6 +51,7 @@ EXPERIMENT_COMMANDS = {
     "run": "Run an experiment in a new run folder.",
     "show-params": "Show an experiment's parameters, values and their sources.",
     "distributed": "Run an experiment on several ranks (elastic launcher).",
+    "sweep": "Run an experiment over a grid or random samples of its parameters.",
 }
 
 
@@ -149,7 +150,8 @@ class ExperimentCommands(TyperGroup):
 
     def _level(self, ctx: ClickContext) -> tuple[dict[str, ExperimentInfo], dict[str, str]]:
         """(experiments, subgroups with their help) directly at this level, by CLI name."""
-        found = _state(ctx).discovered(importing=self.kind != "show-params")
+        # Each run of a sweep asks git in its own process (jobs.py): no probes here.
+        found = _state(ctx).discovered(importing=self.kind not in ("show-params", "sweep"))
         depth = len(self.prefix)
         experiments: dict[str, ExperimentInfo] = {}
         groups: dict[str, str] = {}
@@ -285,6 +287,75 @@ ALL_OPTION = (
 )
 
 
+# ---- `pystematic sweep` options (the sweep itself is sweep.py's)
+
+
+def _sweep_option(flag: str, kind: Any, metavar: str, help_text: str) -> tuple[str, Any, Any]:
+    name = "launch_" + flag.lstrip("-").replace("-", "_")
+    option = typer.Option(None, flag, help=help_text, metavar=metavar, rich_help_panel="sweep")
+    return name, kind | None, option
+
+
+SWEEP_OPTIONS = [
+    _sweep_option("--grid", list[str], "NAME=V1,V2", "A run per value; grids multiply."),
+    _sweep_option(
+        "--sample",
+        list[str],
+        "NAME=DIST",
+        "DIST: uniform(a,b), loguniform(a,b), randint(a,b) or choice(v1,v2,...).",
+    ),
+    _sweep_option("--trials", int, "N", "Points drawn from the --sample distributions."),
+    _sweep_option("--repeat", int, "R", "Runs of each point, each with its own seed (default 1)."),
+    _sweep_option("--jobs", int, "J", "Runs at a time (default 1, or the config's sweep.jobs)."),
+    _sweep_option("--gpus-per-job", int, "K", "GPUs of each job slot (CUDA_VISIBLE_DEVICES)."),
+    _sweep_option("--executor", str, "local|slurm", "Where runs go (default local)."),
+    _sweep_option("--slurm-partition", str, "NAME", "SLURM partition."),
+    _sweep_option("--slurm-time", str, "TIME", "SLURM time limit: minutes or HH:MM:SS."),
+    _sweep_option("--slurm-gpus-per-task", int, "N", "GPUs of each SLURM job."),
+    _sweep_option("--slurm-cpus-per-task", int, "N", "CPUs of each SLURM job."),
+    _sweep_option("--slurm-array-parallelism", int, "N", "SLURM jobs running at a time."),
+    _sweep_option("--sort", str, "METRIC", "Sort the runs table ('-METRIC': descending)."),
+    JSON_OPTION,
+]
+
+
+def _sweep_resume(resume: Path | None, jobs: int | None, sort: str | None, as_json: bool) -> Any:
+    """``pystematic sweep --resume SWEEP_DIR``: the group's own options, without an experiment."""
+    from typer._click.globals import get_current_context
+
+    from .sweep import resume_command
+
+    ctx = get_current_context()
+    if ctx.invoked_subcommand is not None:
+        if resume is not None or jobs is not None or sort is not None or as_json:
+            raise ParameterError(
+                "--resume, --jobs, --sort and --json before the experiment name continue a "
+                "sweep; to start one, give them after the name"
+            )
+        return None
+    if resume is None:
+        raise ParameterError("give an experiment to sweep, or --resume SWEEP_DIR")
+    return resume_command(resume, {"jobs": jobs}, sort=sort, as_json=as_json)
+
+
+def _sweep_group_options() -> dict[str, Any]:
+    from typer.core import TyperOption
+
+    def option(decls: list[str], kind: Any, help_text: str, **kw: Any) -> Any:
+        return TyperOption(param_decls=decls, type=kind, help=help_text, **kw)
+
+    return {
+        "invoke_without_command": True,
+        "callback": _sweep_resume,
+        "params": [
+            option(["--resume", "resume"], Path, "Continue this sweep.", metavar="SWEEP_DIR"),
+            option(["--jobs", "jobs"], int, "Runs at a time (resumed sweep).", metavar="J"),
+            option(["--sort", "sort"], str, "Sort the runs table.", metavar="METRIC"),
+            option(["--json", "as_json"], bool, "Print JSON.", is_flag=True, default=False),
+        ],
+    }
+
+
 def _effective_defaults(info: ExperimentInfo, project: Project) -> dict[str, Any]:
     """What a run would get without flags (config and environment included), for help."""
     try:
@@ -333,10 +404,20 @@ def experiment_command(kind: str, info: ExperimentInfo, effective: dict[str, Any
             )
     elif kind == "show-params":
         extra = [JSON_OPTION, ALL_OPTION]
+    elif kind == "sweep":
+        extra = SWEEP_OPTIONS
+        names = {name.removeprefix("launch_") for name, _, _ in SWEEP_OPTIONS}
+        clash = sorted(names & {p.name for p in info.parameters})
+        if clash:
+            raise ParameterError(
+                f"parameter --{cli_name(clash[0])} of {info.id} clashes with the "
+                f"`sweep` option of that name; rename the parameter"
+            )
     helps = {
         "run": info.help,
         "show-params": f"Show the parameters of {info.id}; flags preview a run's values.",
         "distributed": f"Run {info.id} on several ranks through torch's elastic launcher.",
+        "sweep": f"Run {info.id} over a grid or random samples; other flags fix every run.",
     }
 
     def command(ctx: ClickContext, **kwargs: Any) -> Any:
@@ -463,10 +544,27 @@ def _handle_show_params(
     return 0
 
 
+def _handle_sweep(
+    state: CliState,
+    info: ExperimentInfo,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    as_json: bool,
+) -> int:
+    from .sweep import sweep_command
+
+    if info.computed_defaults or any(p.is_custom for p in info.parameters):
+        info = state.imported(info)  # the real callables decide the values
+    if state.only is None:
+        check_experiment_tables(state.project(), list(state.discovered().experiments))
+    return sweep_command(info, state.project(), values, options, state.argv, as_json=as_json)
+
+
 HANDLERS: dict[str, Callable[..., Any]] = {
     "run": _handle_run,
     "show-params": _handle_show_params,
     "distributed": _handle_distributed,
+    "sweep": _handle_sweep,
 }
 
 
@@ -810,8 +908,9 @@ def _typer_command(name: str, function: Callable[..., Any]) -> Callable[[], Any]
 
 
 def _experiment_group(kind: str) -> Callable[[], Any]:
+    extra = _sweep_group_options if kind == "sweep" else dict
     return lambda: ExperimentCommands(
-        kind=kind, name=kind, help=EXPERIMENT_COMMANDS[kind], no_args_is_help=True
+        kind=kind, name=kind, help=EXPERIMENT_COMMANDS[kind], no_args_is_help=True, **extra()
     )
 
 
@@ -849,6 +948,7 @@ def build_app() -> Any:
         "run": _experiment_group("run"),
         "show-params": _experiment_group("show-params"),
         "distributed": _experiment_group("distributed"),
+        "sweep": _experiment_group("sweep"),
         "runs": _typer_command("runs", runs_command),
         "diff": _typer_command("diff", diff_command),
         "reproduce": _typer_command("reproduce", reproduce_command),

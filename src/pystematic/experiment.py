@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import update_wrapper
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .discovery import ExperimentInfo
 from .errors import ParameterError
@@ -27,6 +27,9 @@ from .params import (
     resolve_parameters,
 )
 from .project import project_for_file
+
+if TYPE_CHECKING:
+    from .jobs import RunProcess
 
 MainFunction = Callable[..., Any]
 
@@ -304,6 +307,14 @@ class Experiment:
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
+
+    def run_in_new_process(self, params: Mapping[str, Any] | None = None) -> RunProcess:
+        """Start a run in a child process and return at once: a handle with ``join()``,
+        ``exitcode`` and ``run_dir`` (which exists already). Bad values raise here."""
+        from .jobs import start_in_new_process
+
+        info = self.describe()
+        return start_in_new_process(info, project_for_file(info.file), dict(params or {}))
 
     def __call__(self, params: Mapping[str, Any] | None = None) -> Any:
         """The same as :meth:`run`."""

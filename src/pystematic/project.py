@@ -31,6 +31,7 @@ KNOWN_KEYS = {
     "defaults",
     "experiments",
     "mlflow",
+    "sweep",
 }
 # Folders never scanned, whatever the config says.
 ALWAYS_EXCLUDED = ("tests", "test", "venv", "env", "node_modules", "__pycache__", "site-packages")
@@ -51,6 +52,7 @@ class Project:
     defaults: dict[str, Any] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     mlflow: dict[str, Any] = field(default_factory=dict)  # [mlflow]: the recorder backend's
+    sweep: dict[str, Any] = field(default_factory=dict)  # [sweep], checked by sweep.py
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def load_project(
         defaults=defaults,
         experiments=experiments,
         mlflow=_table(table.get("mlflow", {}), "mlflow", config_file),
+        sweep=_table(table.get("sweep", {}), "sweep", config_file),
     )
 
 

@@ -119,6 +119,15 @@ def load_runs(
     return records
 
 
+def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of one run dir, as :func:`load_runs` makes it; None when it holds no run.
+
+    For callers that know their runs' folders (a sweep), so they do not read every run."""
+    path = os.path.abspath(run_dir)
+    name, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
+    return _read_run(path, parent, name, time.time(), socket.gethostname())
+
+
 def experiment_ids(output_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The experiments that have a folder under *output_dir* (runs or not), sorted."""
     return sorted(name for name, _ in _subdirs(os.path.abspath(_output_dir(output_dir))))
