@@ -28,6 +28,10 @@ RUN_JSON = "run.json"
 PARAMETERS_TOML = "parameters.toml"
 CHECKPOINT_DIR = "checkpoints"
 HEARTBEAT_SECONDS = 5.0
+#: Space a run holds back for its final record, freed just before writing it, so that a
+#: disk that fills up during the run still gets the run's status ("failed: No space ...").
+RESERVE = ".reserve"
+RESERVE_BYTES = 64 * 1024
 # A final status never goes back to a weaker one: a rank that failed outranks
 # the SIGTERM the others received when the launcher stopped them.
 STATUS_RANK = {"running": 0, "completed": 1, "interrupted": 2, "failed": 3}
@@ -185,6 +189,13 @@ def start_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
             **fields,
         },
     )
+    hold_reserve(run_dir)
+
+
+def hold_reserve(run_dir: Path) -> None:
+    """Set :data:`RESERVE` bytes aside in the run folder (raises OSError on a full disk)."""
+    with open(run_dir / RESERVE, "wb") as f:
+        f.write(bytes(RESERVE_BYTES))
 
 
 def _running(now: str) -> dict[str, Any]:
@@ -210,6 +221,7 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
     data = read_run_json(run_dir)
     if data.get("status") == "running" and is_alive(data):
         raise RunDirError(f"--resume {run_dir}: that run is still running (pid {data.get('pid')})")
+    hold_reserve(run_dir)
     n = 1
     while (run_dir / f"parameters.{n}.toml").exists():
         n += 1
@@ -261,12 +273,16 @@ def note_restart(
     if checkpoint is None:
         fields["metrics"] = {}
     update_run_json(run_dir, fields, restart=True)
+    with contextlib.suppress(OSError):  # restarted by the scheduler: go on regardless
+        hold_reserve(run_dir)
     return len(resumes)
 
 
 def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
     """The final status (and error, duration, metrics) of a run; never a weaker one."""
     now = now_iso()
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / RESERVE).unlink()  # its space is for this record
     update_run_json(run_dir, {**fields, "end": now, "heartbeat": now}, durable=True)
 
 
