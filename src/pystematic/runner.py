@@ -11,6 +11,7 @@ released exactly once whatever happens, and run.json always ends with the right 
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import logging
 import os
@@ -35,6 +36,7 @@ from .start import Probes, StartedRun, restart_run, start_run
 log = logging.getLogger("pystematic")
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: How long children that main left running get between SIGTERM and SIGKILL.
 CHILD_GRACE_S = 2.0
 
@@ -303,6 +305,7 @@ class RunSession:
         return self.outcome
 
     def _run(self, quiet: _SigintIgnored, announce: bool) -> None:
+        sigchld = signal.getsignal(signal.SIGCHLD)
         with ExitStack() as stack:
             try:
                 # First on the stack, so that from here on any way out (a signal
@@ -321,6 +324,11 @@ class RunSession:
                 # A second Ctrl-C (the terminal and torch's agent both forward it)
                 # must not cut the final record short.
                 quiet.start()
+                # torch's DataLoader sets a SIGCHLD handler that raises when a worker dies
+                # of a signal: with main over it can only cut the teardown short (a job's
+                # SIGTERM kills the workers too).
+                if sigchld is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGCHLD, sigchld)
                 self._stop_children()
 
     # ------------------------------------------------------------ opening
@@ -426,6 +434,10 @@ class RunSession:
         self.outcome.exit_code = EXIT_FAILED
         tb = traceback.format_exc()
         self._failed(f"{type(e).__name__}: {e}", tb)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            # One line, not a traceback from deep inside a writer (run.json keeps it).
+            print(f"error: {e.strerror} (run dir {self.started.run_dir})", file=sys.stderr)
+            return
         sys.stderr.write(tb)
         if self.started.values.get("pdb") and isinstance(e, Exception):
             import pdb

@@ -299,8 +299,13 @@ class _Writer:
             self._failure(e, f"recorder backend {backend.name!r} in {method}()")
 
     def _failure(self, error: Exception, where: str) -> None:
-        _log.error("%s failed: %s; it records nothing more in this run", where, error)
+        # The first failure is raised in the training loop, where it says where it came
+        # from; later ones (the same full disk, seen by the other backends) only go to
+        # the debug log.
+        _log.debug("%s failed: %s; it records nothing more in this run", where, error)
         if self.error is None:
+            if hasattr(error, "add_note"):  # Python 3.11+
+                error.add_note(f"({where}; it records nothing more in this run)")
             self.error = error
 
     def raise_error(self) -> None:
