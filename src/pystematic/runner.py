@@ -294,12 +294,14 @@ class RunSession:
         except BaseException as e:
             if not self.recording:
                 raise  # before the run began: run_experiment records it
-            # Raised while the run's resources were released (a signal, torch's SIGCHLD
-            # handler for a worker the job's SIGTERM killed): run.json has the status main
-            # ended with; the process still ends with an error code.
-            print(f"error: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
+            # Raised while the run's resources were released (a second stop signal, an
+            # error in a cleanup): run.json has the status main ended with; the process
+            # still ends with an error code.
+            stopped = interrupts.exit_code(e)
+            if stopped is None:
+                print(f"error: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
             if self.outcome.exit_code == EXIT_OK:
-                self.outcome.exit_code = interrupts.exit_code(e) or EXIT_FAILED
+                self.outcome.exit_code = stopped or EXIT_FAILED
         finally:
             quiet.stop()
         return self.outcome
