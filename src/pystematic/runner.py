@@ -298,6 +298,7 @@ class RunSession:
     def _open(self, stack: ExitStack) -> context_module.Context:
         from .capture import OutputCapture
         from .recording import Recorder
+        from .watchdog import guard
 
         run_dir = self.started.run_dir
         values = self.started.values
@@ -305,6 +306,7 @@ class RunSession:
         capture = OutputCapture(run_dir / log_name)
         capture.start()
         stack.callback(capture.stop)
+        stack.enter_context(guard(self.world_size, flush=[capture.stop]))  # a stuck rank ends
         # Logging, torch's flags and signal handlers go back as they were (a notebook).
         stack.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
         stack.enter_context(_sigterm_raises())
