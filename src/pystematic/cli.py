@@ -280,6 +280,13 @@ LAUNCH_OPTIONS = [
     _launch_option("--rdzv-endpoint", str, None, "HOST:PORT of the c10d rendezvous."),
     _launch_option("--rdzv-id", str, None, "Job id shared by all nodes."),
     _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
+    _launch_option(
+        "--timeout",
+        float,
+        None,
+        "Seconds a collective waits for its peers before the group fails "
+        "(default: torch's, 30 min for gloo, 10 min for nccl; env PYSTEMATIC_TIMEOUT).",
+    ),
 ]
 JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
 ALL_OPTION = (

@@ -337,6 +337,7 @@ class RunSession:
 
     def _open(self, stack: ExitStack) -> context_module.Context:
         from .recording import Recorder
+        from .watchdog import guard
 
         run_dir = self.started.run_dir
         values = self.started.values
@@ -345,6 +346,7 @@ class RunSession:
         output.start()
         stack.callback(output.stop)
         stack.enter_context(_fault_reports())
+        stack.enter_context(guard(self.world_size, flush=[output.stop]))  # a stuck rank ends
         # Logging, torch's flags and signal handlers go back as they were (a notebook).
         stack.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
         stack.enter_context(interrupts.handling())
