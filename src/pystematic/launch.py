@@ -569,7 +569,8 @@ def launch_distributed(
 
     def finish(fields: dict[str, Any]) -> None:
         if started is not None:
-            rundir.finish_record(started.run_dir, fields)
+            # The launcher's finding (the error files) outranks what the ranks recorded.
+            rundir.finish_record(started.run_dir, fields, overrule=True)
 
     try:
         launch(spec, rank_entry, (job,))

@@ -138,13 +138,20 @@ def _strict(value: Any) -> Any:
 
 
 def update_run_json(
-    run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False, durable: bool = False
+    run_dir: Path,
+    fields: Mapping[str, Any],
+    *,
+    restart: bool = False,
+    durable: bool = False,
+    overrule: bool = False,
 ) -> dict[str, Any]:
     """Merge *fields* into run.json under the lock; a status never gets weaker.
 
     ``restart`` (a resume) is the one write allowed to set a final run back to running;
     ``durable`` syncs the file to disk (the final status: one fsync a run, not one a
-    heartbeat).
+    heartbeat). The first rank that records a failure keeps it: its peers fail after it
+    (a closed connection), unless ``overrule`` (the launcher, which knows the root cause
+    from the ranks' error files) says otherwise.
     """
     with _locked(run_dir):
         data = read_run_json(run_dir)
@@ -157,7 +164,14 @@ def update_run_json(
             and old_status != "running"
             and STATUS_RANK[new["status"]] < STATUS_RANK[old_status]
         )
-        if weaker:
+        later_failure = (
+            not restart
+            and not overrule
+            and new.get("status") == old_status == "failed"
+            and data.get("failed_rank") is not None
+            and new.get("failed_rank") != data.get("failed_rank")
+        )
+        if weaker or later_failure:
             # Keep the stronger final state and what explains it.
             for key in ("status", "error", "traceback", "failed_rank", "end", "duration"):
                 new.pop(key, None)
@@ -278,12 +292,14 @@ def note_restart(
     return len(resumes)
 
 
-def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
-    """The final status (and error, duration, metrics) of a run; never a weaker one."""
+def finish_record(run_dir: Path, fields: Mapping[str, Any], *, overrule: bool = False) -> None:
+    """The final status (and error, duration, metrics) of a run; never a weaker one, and
+    never a later rank's failure over the first (see :func:`update_run_json`)."""
     now = now_iso()
     with contextlib.suppress(FileNotFoundError):
         (run_dir / RESERVE).unlink()  # its space is for this record
-    update_run_json(run_dir, {**fields, "end": now, "heartbeat": now}, durable=True)
+    fields = {**fields, "end": now, "heartbeat": now}
+    update_run_json(run_dir, fields, durable=True, overrule=overrule)
 
 
 class Heartbeat:
