@@ -15,11 +15,19 @@ import pytest
 from conftest import Project
 from pystematic import interrupts
 
-# A signal that lands while os.fork() runs the at-fork callbacks: the callback registered
-# first (before pystematic's) sends it, so Python runs the handler inside a callback.
-FORK_SIGNAL = """
+# A signal that lands where Python cannot raise: inside os.fork()'s at-fork callbacks (the
+# callback registered first, before pystematic's, sends it), or inside a finalizer
+# (``__del__``, weakref callbacks: multiprocessing's run from the garbage collector).
+SWALLOWED = """
 import os, signal, sys, time
-os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # Python runs the handler here, inside __del__
+
+if sys.argv[2] == "fork":
+    os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGTERM))
 if sys.argv[1] == "pystematic":
     from pystematic import interrupts
     interrupts.install()
@@ -30,10 +38,13 @@ else:
     signal.signal(signal.SIGTERM, handler)
     stop = SystemExit
 try:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
+    if sys.argv[2] == "fork":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    else:
+        Finalized()
     time.sleep(5)
     print("lost")
 except stop:
@@ -41,17 +52,21 @@ except stop:
 """
 
 
-def test_a_signal_that_lands_in_fork_is_raised_once_the_fork_is_over(tmp_path: Path) -> None:
-    script = tmp_path / "fork_signal.py"
-    script.write_text(FORK_SIGNAL)
+@pytest.mark.parametrize("where", ["fork", "finalizer"])
+def test_a_signal_python_would_drop_is_raised_a_moment_later(tmp_path: Path, where: str) -> None:
+    script = tmp_path / "swallowed.py"
+    script.write_text(SWALLOWED)
     plain = subprocess.run(
-        [sys.executable, str(script), "plain"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), "plain", where], capture_output=True, text=True, timeout=60
     )
     # What 0.1.0 did (a handler that raises): the exception is dropped as "unraisable".
     assert plain.stdout == "lost\n"
     assert "Exception ignored" in plain.stderr
     ours = subprocess.run(
-        [sys.executable, str(script), "pystematic"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), "pystematic", where],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ours.stdout == "raised\n", ours.stderr
     assert ours.stderr == ""
@@ -195,3 +210,48 @@ def test_sigterm_to_the_whole_job_with_dataloader_workers_is_interrupted(
     ]
     assert steps == list(range(len(steps))) and steps
     assert "Traceback" not in stderr
+
+
+def test_a_stop_that_an_import_turns_into_another_error_still_stops(project: Project) -> None:
+    project.write(
+        "exps.py",
+        """
+        import os, signal
+        import pystematic as ps
+
+        try:  # as some imports do (torch's): the stop comes out as an ImportError
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+        except BaseException as e:
+            raise ImportError("cannot load module more than once per process") from e
+
+        @ps.experiment
+        def exp(params):
+            print("main ran")
+        """,
+    )
+    result = project.run("run", "exp")
+    assert result.returncode == 143, result.stderr
+    assert "unknown experiment" not in result.stderr
+    assert not (project.root / "output").exists()
+
+
+def test_after_a_stop_a_hung_exit_handler_does_not_keep_the_process(project: Project) -> None:
+    project.write(
+        "exps.py",
+        """
+        import atexit, threading
+        import pystematic as ps
+
+        @ps.experiment
+        def exp(params):
+            lock = threading.Lock()
+            lock.acquire()  # left held, as an exception inside `with lock:` can leave it
+            atexit.register(lock.acquire)
+            raise KeyboardInterrupt
+        """,
+    )
+    result = project.run("run", "exp", timeout=60)
+    assert result.returncode == 130, result.stderr
+    run = json.loads((project.only_run_dir("exp") / "run.json").read_text())
+    assert run["status"] == "interrupted"

@@ -1023,16 +1023,26 @@ def main() -> None:
     _exit(code)
 
 
+#: After a stop (130/143), how long the interpreter's exit (atexit handlers, finalizers)
+#: may take before the process ends without it.
+EXIT_GRACE_S = 3.0
+
+
 def _exit(code: int) -> None:
-    """End the process; threads a run left behind do not keep it alive."""
+    """End the process; threads a run left behind do not keep it alive, nor, after a stop,
+    an exit-time finalizer that waits for a lock the stop's exception left held (an
+    exception raised inside ``with lock:`` is a known CPython hazard; multiprocessing's
+    queues then wait forever)."""
     import threading
 
     if any(t.daemon is False and t is not threading.main_thread() for t in threading.enumerate()):
-        import os
-
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    if code in interrupts.EXIT_CODES.values():
+        timer = threading.Timer(EXIT_GRACE_S, os._exit, (code,))
+        timer.daemon = True
+        timer.start()
     sys.exit(code)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import interrupts
 from .errors import DiscoveryError
 from .params import BUILTIN_TYPES, Parameter, to_toml_value, type_name
 from .project import ALWAYS_EXCLUDED, Project
@@ -269,6 +270,9 @@ def import_project(project: Project, files: Iterable[Path]) -> Discovered:
         try:
             module = import_file(path, project.root)
         except Exception as e:
+            # A Ctrl-C or SIGTERM during the import (of torch, say) may surface as
+            # another error: it stops the command, it is not the module's failure.
+            interrupts.raise_if_stopped(e)
             result.failures.append(_failure(path, project, e))
             continue
         except SystemExit as e:  # a module that calls sys.exit() at import

@@ -4,10 +4,13 @@ Python runs a signal's handler between two bytecodes of the main thread, whereve
 are. During ``os.fork()`` those are the at-fork callbacks (logging's lock release, ...),
 and CPython reports an exception raised there as "unraisable" and drops it: the stop
 request is lost and training goes on (measured on 0.1.0: 9 of 42 SIGTERMs to a run whose
-DataLoader workers fork every epoch). So the handlers here only note a signal that lands
-during a fork, and a helper thread sends it again once the fork is over: it is raised at
-the next safe point. :class:`held` defers stop signals the same way around writes that
-must not be cut in half (a batch of metrics, a run dir and its run.json).
+DataLoader workers fork every epoch). The same happens in a ``__del__``, a weakref
+callback or a finalizer (multiprocessing's, run by the garbage collector). So the
+handlers here only note a signal that lands during a fork, and one whose exception was
+dropped anyway is seen by ``sys.unraisablehook``; either way a helper thread sends the
+signal again a moment later, and it is raised at the next safe point. :class:`held`
+defers stop signals the same way around writes that must not be cut in half (a batch
+of metrics, a run dir and its run.json).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ Handler = Callable[[int, "FrameType | None"], Any]
 
 _forking = 0  # forks of the main thread in progress (nested registrations count each)
 _received: int | None = None  # the stop signal that came since handling() began
+_raised: BaseException | None = None  # the exception the handler raised last
+_previous_unraisablehook: Any = None  # sys.unraisablehook before ours, while ours is set
 _pending: list[int] = []  # signals that landed during a fork, to be sent again
 _covered_modules = -1  # len(sys.modules) when the at-fork callbacks were last registered
 # After a fork, at-fork callbacks registered after ours still run: send again a moment later.
@@ -76,16 +81,50 @@ def received() -> int | None:
     return _received
 
 
+def raise_if_stopped(error: BaseException) -> None:
+    """Raise the stop request if a stop signal came and *error* is what became of it (an
+    import that turned our exception into an ImportError, say)."""
+    if _received is not None and exit_code(error) is None:
+        raise stop_exception(_received) from error
+
+
+def stop_exception(signum: int) -> BaseException:
+    """The exception a stop signal raises: KeyboardInterrupt (SIGINT) or Terminated."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
 def _stop_handler(signum: int, frame: FrameType | None) -> None:
-    global _received
+    global _received, _raised
     _received = signum
     if _forking:
         if signum not in _pending:
             _pending.append(signum)
         return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated
+    _raised = stop_exception(signum)
+    raise _raised
+
+
+def _send_again(signums: list[int]) -> None:
+    """Send the signals to the main thread again, from a helper thread, a moment later."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def send() -> None:
+        time.sleep(_REDELIVER_AFTER_S)
+        for signum in signums:
+            signal.pthread_kill(main, signum)
+
+    threading.Thread(target=send, name="pystematic-signal", daemon=True).start()
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Our stop exception, dropped where Python cannot raise (a finalizer): send it again."""
+    global _raised
+    if _raised is not None and unraisable.exc_value is _raised and _received is not None:
+        _raised = None
+        _send_again([_received])
+        return
+    (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
 
 
 def _in_main_thread() -> bool:
@@ -106,15 +145,7 @@ def _after_fork_in_parent() -> None:
     if _forking == 0 and _pending:
         signums = list(_pending)
         _pending.clear()
-        main = threading.main_thread().ident
-        assert main is not None
-
-        def send() -> None:
-            time.sleep(_REDELIVER_AFTER_S)
-            for signum in signums:
-                signal.pthread_kill(main, signum)
-
-        threading.Thread(target=send, name="pystematic-signal", daemon=True).start()
+        _send_again(signums)
 
 
 def _after_fork_in_child() -> None:
@@ -148,7 +179,10 @@ def cover_forks() -> None:
 
 def _install() -> dict[int, Any]:
     """Our handlers for SIGINT and SIGTERM (not for one ignored, as by ``nohup``); the old ones."""
+    global _previous_unraisablehook
     cover_forks()
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable
     previous: dict[int, Any] = {}
     for signum in EXIT_CODES:
         handler = signal.getsignal(signum)
@@ -172,13 +206,17 @@ def handling() -> Iterator[None]:
         yield
         return
     _received = None
+    hook = sys.unraisablehook
     previous = _install()
     try:
         yield
     finally:
+        _received = None
         for signum, handler in previous.items():
             if handler is not None and signal.getsignal(signum) is _stop_handler:
                 signal.signal(signum, handler)
+        if hook is not _unraisable and sys.unraisablehook is _unraisable:
+            sys.unraisablehook = hook
 
 
 class held:  # a lower-case name: it reads as ``with held():``

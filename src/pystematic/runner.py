@@ -419,7 +419,7 @@ class RunSession:
         signum = interrupts.received()
         if stopped is None and signum is not None and not isinstance(e, SystemExit):
             # A stop request that surfaced as another error (a killed DataLoader worker).
-            stopped, e = interrupts.EXIT_CODES[signum], _stop_exception(signum)
+            stopped, e = interrupts.EXIT_CODES[signum], interrupts.stop_exception(signum)
         if stopped is not None:
             self.outcome.exit_code = stopped
             self.end = {"status": "interrupted", "error": interrupts.describe(e)}
@@ -501,10 +501,6 @@ class RunSession:
         ]
         if threads:
             log.warning("main left threads running, not waiting for them: %s", ", ".join(threads))
-
-
-def _stop_exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else interrupts.Terminated()
 
 
 def _resume_from(values: Mapping[str, Any]) -> Any:
