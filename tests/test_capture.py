@@ -244,6 +244,32 @@ def test_stop_returns_while_a_leftover_process_holds_the_pipe(tmp_path: Path) ->
     assert result.stdout.decode() == "run output\nstopped\n"
 
 
+@pytest.mark.parametrize("crash", ["os._exit(3)", "os.abort()", "ctypes.string_at(0)"])
+def test_output_survives_a_process_that_dies_at_once(tmp_path: Path, crash: str) -> None:
+    """The reader is a separate process: what was written before the crash, and the
+    interpreter's own fatal-error report, reach the terminal and the log."""
+    result = _run(
+        tmp_path,
+        f"""
+        import ctypes, faulthandler
+        OutputCapture(log).start()
+        faulthandler.enable(file=2)
+        print("before the crash", flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        {crash}
+        """,
+    )
+    log = (tmp_path / "output.log").read_text()
+    assert log.startswith("before the crash\nto stderr\n"), log
+    assert result.stdout.decode() == "before the crash\n"
+    if crash == "os._exit(3)":
+        assert result.returncode == 3
+        assert log == "before the crash\nto stderr\n"
+    else:
+        assert "Fatal Python error" in log
+        assert "Fatal Python error" in result.stderr.decode()
+
+
 def test_buffered_c_stdio_output_is_flushed_into_the_log(tmp_path: Path) -> None:
     result = _run(
         tmp_path,

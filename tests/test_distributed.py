@@ -20,9 +20,12 @@ import pytest
 import _dist_helpers
 from pystematic.distributed import (
     DistEnv,
+    collective_timeout,
     detect_environment,
     expand_hostlist,
     export_environment,
+    parse_timeout,
+    record_rank_failure,
     select_backend,
     slurm_master_port,
 )
@@ -427,6 +430,44 @@ def test_root_cause_without_error_file_is_trusted_unless_sigabrt(tmp_path: Path)
     assert (aborted.rank, aborted.message) == (0, "RuntimeError: closed by peer")
 
 
+def test_a_rank_that_exits_records_its_failure_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.exit(3) on local rank 1 leaves torch's kind of error file (errorCode 3); the peer's
+    later "closed by peer" file does not take the blame, whichever rank torch saw first."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    attempt = tmp_path / "run_x" / "attempt_0"
+    exited = attempt / "1" / "error.json"
+    exited.parent.mkdir(parents=True)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(exited))
+    assert record_rank_failure("main exited with status 3", 3)
+    # torch reads it as one of its own (message and timestamp).
+    seen = ProcessFailure(local_rank=1, pid=101, exitcode=3, error_file=str(exited))
+    assert seen.message["message"] == "main exited with status 3"
+    os.utime(exited, ns=(10**18, 10**18))
+    peer = _error_file(attempt / "0" / "error.json", "RuntimeError: closed by peer", 2 * 10**18)
+    for torch_pick in ({0: (0, 1, peer)}, {1: (1, 3, str(exited))}):
+        err = _rank_failed(_child_failed(torch_pick), tmp_path / "unused_*")
+        assert (err.rank, err.exitcode, err.message) == (1, 3, "main exited with status 3")
+        assert err.traceback == ""
+
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+    assert not record_rank_failure("main exited with status 3", 3)  # not under the agent
+
+
+def test_collective_timeout_from_option_or_environment() -> None:
+    assert parse_timeout(2.5, "--timeout").total_seconds() == 2.5
+    assert collective_timeout({}) is None  # torch's own default
+    assert collective_timeout({"PYSTEMATIC_TIMEOUT": " 90 "}) == parse_timeout("90", "x")
+    with pytest.raises(DistributedError, match=r"^--timeout 0.0 must be a positive number"):
+        parse_timeout(0.0, "--timeout")
+    with pytest.raises(DistributedError, match=r"^--timeout nan must be a positive number"):
+        parse_timeout(float("nan"), "--timeout")
+    with pytest.raises(DistributedError, match=r"^PYSTEMATIC_TIMEOUT='soon' is not a number"):
+        collective_timeout({"PYSTEMATIC_TIMEOUT": "soon"})
+
+
 # --------------------------------------------------------------------------- real launches
 
 
@@ -505,7 +546,7 @@ LAUNCHER_SCRIPT = textwrap.dedent(
     import signal, sys
     from pathlib import Path
     import _dist_helpers
-    from pystematic.launch import LaunchSpec, launch
+    from pystematic.launch import LaunchInterrupted, LaunchSpec, launch
 
     class Terminated(Exception):
         pass
@@ -523,9 +564,12 @@ LAUNCHER_SCRIPT = textwrap.dedent(
         except KeyboardInterrupt:
             print("caught KeyboardInterrupt", flush=True)
             sys.exit(130)
+        except LaunchInterrupted as e:
+            print(f"caught LaunchInterrupted({e.signum})", flush=True)
+            sys.exit(e.exit_code)
         except Terminated:
             print("caught SIGTERM in the caller's handler", flush=True)
-            sys.exit(143)
+            sys.exit(1)
         print("launch returned", flush=True)
     """
 )
@@ -544,7 +588,8 @@ def _alive(pid: int) -> bool:
     ("sig", "code", "said"),
     [
         (signal.SIGINT, 130, "caught KeyboardInterrupt"),
-        (signal.SIGTERM, 143, "caught SIGTERM in the caller's handler"),
+        # Said as an exception, not by raising SIGTERM again in the caller.
+        (signal.SIGTERM, 143, f"caught LaunchInterrupted({int(signal.SIGTERM)})"),
     ],
 )
 def test_signal_to_launcher_stops_ranks_and_reaches_caller(

@@ -126,6 +126,23 @@ def test_final_status_never_gets_weaker(tmp_path: Path) -> None:
     assert data["metrics"] == {"a": 1.0}  # other fields still merge
 
 
+def test_the_first_rank_to_fail_keeps_the_record_unless_the_launcher_overrules(
+    tmp_path: Path,
+) -> None:
+    rundir.update_run_json(tmp_path, {"status": "running"})
+    rundir.finish_record(tmp_path, {"status": "failed", "error": "status 3", "failed_rank": 1})
+    # Its peer dies of the closed connection afterwards (under torchrun nobody else writes).
+    rundir.finish_record(tmp_path, {"status": "failed", "error": "closed", "failed_rank": 0})
+    data = rundir.read_run_json(tmp_path)
+    assert (data["error"], data["failed_rank"]) == ("status 3", 1)
+    # `pystematic distributed` knows better from the ranks' error files.
+    rundir.finish_record(
+        tmp_path, {"status": "failed", "error": "ValueError", "failed_rank": 0}, overrule=True
+    )
+    data = rundir.read_run_json(tmp_path)
+    assert (data["error"], data["failed_rank"]) == ("ValueError", 0)
+
+
 def test_a_restart_reopens_a_failed_run_and_says_why(tmp_path: Path) -> None:
     rundir.start_record(tmp_path, {"argv": ["distributed", "x"], "params": {"a": 1}})
     rundir.update_run_json(tmp_path, {"pid": 1, "host": "launcher-host"})

@@ -9,6 +9,11 @@ that a carriage-return progress bar redraws, no colour or cursor codes, and of a
 display (rich's) only what it printed and its last state. A ``sys.stdout`` or
 ``sys.stderr`` that does not write to fds 1/2 (a Jupyter kernel's) is tee'd into the
 log at the Python level too. POSIX only.
+
+The reader is a forked helper process, not a thread: when the run dies at once (a
+segfault, ``os.abort()``, ``os._exit()``, the OOM killer) the helper still reads what
+was written up to that moment -- the interpreter's fatal-error report included -- and
+passes it to the terminal and the log; it ends when the last writer is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import os
 import re
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -25,7 +31,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["OutputCapture"]
+__all__ = ["OutputCapture", "helper_pids"]
 
 _CHUNK = 1 << 20
 # After a small read from a pipe, let output pile up a little: fewer wake-ups, less GIL
@@ -38,6 +44,8 @@ _MAX_PENDING = 1 << 20
 # outlives the run) still holds the write end open and no end of file comes.
 _DRAIN_IDLE_S = 0.2
 _DRAIN_MAX_S = 2.0
+# How long stop() waits for the helper to write out what it read.
+_HELPER_WAIT_S = _DRAIN_MAX_S + 1.0
 # Rows a hidden-cursor display may hold back (rich draws at most a screenful); an escape
 # sequence longer than this without its end is taken as text.
 _MAX_HELD_ROWS = 1000
@@ -204,6 +212,14 @@ def _count(params: bytes) -> int:
         return 1
 
 
+_helpers: set[int] = set()  # pids of this process's capture helpers still running
+
+
+def helper_pids() -> set[int]:
+    """The capture helpers this process started and that have not ended yet."""
+    return set(_helpers)
+
+
 class _Channel:
     """One pipe or pty: its read end, where its bytes go, and its log filter."""
 
@@ -232,7 +248,7 @@ class OutputCapture:
         self._log_fd = -1
         self._wake_r = -1
         self._wake_w = -1
-        self._thread: threading.Thread | None = None
+        self._helper = -1  # pid of the reader process
         self._line_buffering: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._previous_winch: Any = None  # SIGWINCH handler before ours, when ours is set
@@ -251,7 +267,7 @@ class OutputCapture:
         self.stop()
 
     def start(self) -> None:
-        """Points fds 1 and 2 at the capture and starts the reader thread."""
+        """Points fds 1 and 2 at the capture and starts the reader process."""
         if self._started:
             raise RuntimeError("OutputCapture.start() called twice")
         self._started = True
@@ -262,13 +278,44 @@ class OutputCapture:
         except BaseException:
             self._undo_redirect()
             raise
+        self._start_helper()
         self._make_line_buffered()
         self._tee_python_streams()
         if not self._channels[0].batch:
             self._follow_terminal_size()
-        self._thread = threading.Thread(target=self._pump, name="pystematic-output", daemon=True)
-        self._thread.start()
         atexit.register(self.stop)
+
+    def _start_helper(self) -> None:
+        """Fork the reader; this process keeps only the write ends (fds 1 and 2)."""
+        pid = os.fork()
+        if pid == 0:  # the helper: never returns
+            try:
+                self._helper_main()
+            finally:
+                os._exit(0)
+        self._helper = pid
+        _helpers.add(pid)
+        for channel in self._channels:
+            _close(channel.read_fd)
+            channel.read_fd = -1
+        _close(self._wake_r)
+        self._wake_r = -1
+
+    def _helper_main(self) -> None:
+        """Pump until every writer is gone (or the run stopped and the pipes went idle).
+
+        Ctrl-C and a scheduler's SIGTERM go to the whole process group: the helper
+        ignores them, so that it passes on what the run says while it stops.
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the write ends: the helper must not keep its own pipes open
+            os.dup2(devnull, fd)
+        keep = {0, 1, 2, self._log_fd, self._wake_r, *self._saved.values()}
+        keep |= {c.read_fd for c in self._channels}
+        _close_all_but(keep)  # sockets, other pipes: not held open by the helper
+        self._pump()
 
     def _redirect(self) -> None:
         self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -329,13 +376,25 @@ class OutputCapture:
         self._unfollow_terminal_size()
         # Now only processes that outlive the run still hold a write end: without
         # them the reader sees end of file at once, with them it stops once idle.
-        os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=_DRAIN_MAX_S + 1.0)
-        if self._thread is None or not self._thread.is_alive():
-            self._close_fds()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        self._wait_helper()
+        self._close_fds()
 
-    # -- reader thread ---------------------------------------------------------------
+    def _wait_helper(self) -> None:
+        deadline = time.monotonic() + _HELPER_WAIT_S
+        while self._helper > 0:
+            try:
+                done, _ = os.waitpid(self._helper, os.WNOHANG)
+            except ChildProcessError:
+                done = self._helper
+            if done or time.monotonic() > deadline:
+                _helpers.discard(self._helper)
+                self._helper = -1
+            else:
+                time.sleep(0.005)
+
+    # -- reader (in the helper process) -----------------------------------------------
 
     def _pump(self) -> None:
         selector = selectors.DefaultSelector()
@@ -352,7 +411,7 @@ class OutputCapture:
                     break  # stopping, and nothing more came within the idle time
                 for key, _ in events:
                     channel = key.data
-                    if channel is None:
+                    if channel is None:  # stop() asked, or the run is gone (end of file)
                         selector.unregister(self._wake_r)
                         timeout, deadline = _DRAIN_IDLE_S, time.monotonic() + _DRAIN_MAX_S
                         continue
@@ -538,6 +597,22 @@ def _write_all(fd: int, data: bytes) -> bool:
         except OSError:
             return False
     return True
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 1 << 16
 
 
 def _fstat(fd: int) -> os.stat_result | None:

@@ -15,6 +15,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 from typer.models import CommandInfo
 
+from . import interrupts
 from ._version import __version__
 from .discovery import Discovered, ExperimentInfo, describe_type, discover, discover_for_run
 from .errors import DistributedError, ParameterError, PystematicError, UnknownExperimentError
@@ -278,6 +280,13 @@ LAUNCH_OPTIONS = [
     _launch_option("--rdzv-endpoint", str, None, "HOST:PORT of the c10d rendezvous."),
     _launch_option("--rdzv-id", str, None, "Job id shared by all nodes."),
     _launch_option("--max-restarts", int, 0, "Restart the worker group up to K times."),
+    _launch_option(
+        "--timeout",
+        float,
+        None,
+        "Seconds a collective waits for its peers before the group fails "
+        "(default: torch's, 30 min for gloo, 10 min for nccl; env PYSTEMATIC_TIMEOUT).",
+    ),
 ]
 JSON_OPTION = ("as_json", bool, typer.Option(False, "--json", help="Print JSON."))
 ALL_OPTION = (
@@ -984,7 +993,11 @@ def invoke(command: Any, args: Sequence[str], state: CliState, prog_name: str) -
     except typer.Abort:
         if state.raise_errors:
             raise KeyboardInterrupt from None
-        return 130
+        return interrupts.EXIT_CODES[signal.SIGINT]
+    except interrupts.Terminated:
+        if state.raise_errors:
+            raise
+        return interrupts.EXIT_CODES[signal.SIGTERM]
     if state.raise_errors:
         return result
     return result if isinstance(result, int) else 0
@@ -1005,6 +1018,7 @@ def run_cli(
 
 def main() -> None:
     """Console script entry point."""
+    interrupts.install()
     code = run_cli()
     _exit(code)
 
@@ -1029,6 +1043,8 @@ def global_entrypoint(argv: Sequence[str] | None = None, exit_on_error: bool = T
     script = Path(file).resolve() if file else None
     args = list(sys.argv[1:] if argv is None else argv)
     state = CliState(argv=args, script=script, raise_errors=not exit_on_error)
+    if exit_on_error:  # the script's command line: the process is ours
+        interrupts.install()
     result = invoke(build_app(), args, state, Path(sys.argv[0]).name)
     if exit_on_error:
         _exit(result)
@@ -1046,6 +1062,8 @@ def experiments_cli(
     (``group`` is the group's path: its members are the script's commands)."""
     args = list(sys.argv[1:] if argv is None else argv)
     state = CliState(argv=args, only=infos, raise_errors=not exit_on_error)
+    if exit_on_error:
+        interrupts.install()
     if group is None:
         command = experiment_command(
             "run", infos[0], _effective_defaults(infos[0], state.project())

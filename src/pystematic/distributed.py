@@ -16,10 +16,14 @@ torch is imported inside the functions that need it; importing this module is ch
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,14 @@ from pystematic.errors import DistributedError
 
 __all__ = [
     "DistEnv",
+    "collective_timeout",
     "cuda_device_index",
     "detect_environment",
     "expand_hostlist",
     "export_environment",
     "init_process_group",
+    "parse_timeout",
+    "record_rank_failure",
     "remember_run_dir",
     "remembered_run_dir",
     "select_backend",
@@ -41,6 +48,10 @@ __all__ = [
     "slurm_restart_count",
     "torchelastic_restart_count",
 ]
+
+#: Seconds a collective may wait for its peers before it fails (``--timeout`` of
+#: ``pystematic distributed``; set it yourself under torchrun or srun).
+TIMEOUT_ENV = "PYSTEMATIC_TIMEOUT"
 
 # Step ids at or above this are Slurm's reserved pseudo-steps (batch, extern, interactive, ...).
 _SLURM_RESERVED_STEP_ID = 0xFFFFFFF0
@@ -311,8 +322,32 @@ def cuda_device_index(local_rank: int) -> int:
     )
 
 
-def init_process_group(env: DistEnv, backend: str) -> Any:
+def parse_timeout(value: float | str, source: str) -> timedelta:
+    """A collective timeout in seconds (a positive, finite number), from ``source``
+    (an option such as ``--timeout``, or an environment variable)."""
+    given = f"{source} {value}" if source.startswith("-") else f"{source}={value!r}"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DistributedError(f"{given} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise DistributedError(f"{given} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def collective_timeout(environ: Mapping[str, str] | None = None) -> timedelta | None:
+    """The collective timeout ``PYSTEMATIC_TIMEOUT`` asks for; None: torch's default."""
+    env = os.environ if environ is None else environ
+    raw = env.get(TIMEOUT_ENV, "").strip()
+    return parse_timeout(raw, TIMEOUT_ENV) if raw else None
+
+
+def init_process_group(env: DistEnv, backend: str, timeout: timedelta | None = None) -> Any:
     """Join the process group described by ``env``; returns the launcher's store, if any.
+
+    ``timeout`` bounds how long a collective waits for its peers (None:
+    ``PYSTEMATIC_TIMEOUT``, else torch's default: 30 minutes for gloo, 10 for nccl); a
+    collective that waits longer raises, so a hung or vanished peer fails the group.
 
     Under torch's elastic agent the group is built on the agent's own store, which lives
     as long as the agent, across restarts of the ranks -- with the keys of earlier
@@ -326,6 +361,9 @@ def init_process_group(env: DistEnv, backend: str) -> Any:
     import torch
     import torch.distributed as dist
 
+    if timeout is None:
+        timeout = collective_timeout()
+    limits: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     if env.source != "torchelastic":
         export_environment(env)
     if backend == "nccl":
@@ -346,12 +384,40 @@ def init_process_group(env: DistEnv, backend: str) -> Any:
             store=dist.PrefixStore(f"pystematic/attempt_{attempt}/", store),
             rank=env.rank,
             world_size=env.world_size,
+            **limits,
         )
         return store
     dist.init_process_group(
-        backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size
+        backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size, **limits
     )
     return None
+
+
+def record_rank_failure(message: str, exit_code: int, traceback: str = "") -> bool:
+    """Write this rank's failure where torch's elastic agent looks for it; True if written.
+
+    A rank that ends by ``sys.exit(n)`` leaves no error file (torch's ``record`` writes one
+    for exceptions only), while its peer, dying a moment later of the closed connection,
+    leaves one: the launcher would blame the peer. Written in the format of ``record``
+    (``TORCHELASTIC_ERROR_FILE``, set for every rank the agent starts), before the rank
+    exits and so before any peer notices; ``errorCode`` carries the exit status.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {"py_callstack": traceback, "timestamp": str(int(time.time()))},
+            "errorCode": exit_code,
+        }
+    }
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+    except OSError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- restarts

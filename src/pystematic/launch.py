@@ -20,12 +20,15 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .discovery import ExperimentInfo
 from .errors import DistributedError
 from .project import Project
 from .start import StartedRun, output_dir, start_run
+
+if TYPE_CHECKING:
+    from .runner import RunOutcome
 
 # Signals torch's agent replaces with its own handler (torchrun's --signals-to-handle default).
 _AGENT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
@@ -249,8 +252,9 @@ def launch(
     ``entrypoint`` must be a module-level function (ranks are started with ``spawn``, which
     pickles it by name; they get the launcher's ``sys.path``). Returns global rank -> return
     value for this node's ranks. A failing rank raises :class:`RankFailedError`; SIGINT or
-    SIGTERM to the launcher stops the ranks (the agent forwards the signal) and is then
-    re-delivered to the caller's own handler, so Ctrl-C still ends in KeyboardInterrupt.
+    SIGTERM to the launcher stops the ranks (the agent forwards the signal) and is
+    then raised as KeyboardInterrupt (SIGINT) or :class:`LaunchInterrupted` (any other).
+    A second signal while the agent stops the ranks ends them with SIGKILL.
     """
     import torch.distributed
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -263,6 +267,7 @@ def launch(
     config = _launch_config(spec)
     network_error: type[Exception] = getattr(torch.distributed, "DistNetworkError", OSError)
     received: int | None = None
+    children_before = set(_children())
     with _preserved_process_state(spec.nproc_per_node), _quiet_failure_report():
         try:
             result = elastic_launch(config, entrypoint)(*args)
@@ -277,14 +282,55 @@ def launch(
             ) from None
         except SignalException as exc:
             received = int(exc.sigval)
+        finally:
+            # A second signal cuts the agent's shutdown short (it waits up to 30 s for the
+            # ranks it signalled): the ranks it left must not outlive the launcher.
+            _kill_leftover_ranks(children_before)
     if received is not None:
-        # The caller's handlers are back: let the signal mean what it means to the caller
-        # (KeyboardInterrupt for SIGINT, death by SIGTERM unless the caller handles it).
-        signal.raise_signal(received)
+        # Said as an exception, never by raising the signal again: the caller records the
+        # run as interrupted and exits 128 + signal (a caller's SIGTERM handler may or may
+        # not be installed; torch's was in place while the ranks ran).
         if received == signal.SIGINT:
             raise KeyboardInterrupt
         raise LaunchInterrupted(received)
     return dict(result)
+
+
+def _children() -> list[int]:
+    """This process's running child processes (Linux /proc; elsewhere none are found).
+
+    Zombies are left alone: whoever started them reaps them (``subprocess`` would report a
+    wrong exit status for a child reaped here).
+    """
+    from .runner import _proc_pids, _read
+
+    me, found = os.getpid(), []
+    for pid in _proc_pids():
+        stat = _read(f"/proc/{pid}/stat")
+        fields = stat[stat.rfind(")") + 2 :].split()  # comm may hold spaces and parentheses
+        if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
+            found.append(pid)
+    return found
+
+
+def _kill_leftover_ranks(before: set[int]) -> None:
+    """SIGKILL the child processes the launch started and the agent left running
+    (normally none: only after a second signal cut its shutdown short), and wait until
+    they are gone (their ``multiprocessing`` objects reap them). ``multiprocessing``'s
+    own helpers (the resource tracker spawning starts) are left alone."""
+    import time
+
+    from .runner import _multiprocessing_helpers
+
+    pids = set(_children()) - before - _multiprocessing_helpers()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while pids and time.monotonic() < deadline:
+        pids &= set(_children())
+        if pids:
+            time.sleep(0.01)
 
 
 def _rank_failed(exc: Any, run_log_dirs: Path) -> RankFailedError:
@@ -318,7 +364,8 @@ def _rank_failed(exc: Any, run_log_dirs: Path) -> RankFailedError:
         local_rank, error_file = best[1], best[2]
         rank = base + local_rank
         data = _read_error_file(best[2])
-        exitcode = 1  # it raised: an uncaught exception ends a spawned rank with exit code 1
+        # An uncaught exception ends a spawned rank with exit code 1; sys.exit(n) says n.
+        exitcode = _recorded_exit_code(data, default=1)
     message, traceback = _describe(data, exitcode)
     return RankFailedError(
         rank=rank,
@@ -340,6 +387,12 @@ def _attempt_dir_files(known_file: str | None, run_log_dirs: Path) -> list[Path]
             return []
         attempt_dir = max(attempts, key=lambda p: p.stat().st_mtime_ns)
     return [p for p in attempt_dir.glob("*/error.json") if p.parent.name.isdigit()]
+
+
+def _recorded_exit_code(data: Any, default: int) -> int:
+    """The exit status a rank wrote into its error file (``errorCode``), else ``default``."""
+    code = data.get("errorCode") if isinstance(data, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) and code else default
 
 
 def _read_error_file(path: str) -> Any:
@@ -382,6 +435,7 @@ class RankJob:
     argv: list[str]
     started: StartedRun | None  # None on several nodes: rank 0 starts the run
     backend: str
+    timeout: float | None = None  # --timeout: seconds a collective may wait for its peers
 
 
 def rank_entry(job: RankJob) -> None:
@@ -389,6 +443,7 @@ def rank_entry(job: RankJob) -> None:
     import multiprocessing
 
     from .discovery import import_project
+    from .distributed import TIMEOUT_ENV, record_rank_failure
     from .project import load_project
     from .runner import EXIT_SIGINT, EXIT_SIGTERM, run_experiment
 
@@ -396,6 +451,8 @@ def rank_entry(job: RankJob) -> None:
     # default back, so DataLoader workers start as under torchrun or `pystematic run` (fork on
     # Linux: no re-import of torch per worker and epoch, and no picklable-dataset requirement).
     multiprocessing.set_start_method(None, force=True)
+    if job.timeout is not None:
+        os.environ[TIMEOUT_ENV] = repr(job.timeout)  # what init_process_group reads
     project = load_project(explicit_root=Path(job.project_root))
     found = import_project(project, [Path(job.file)])
     info = found.experiments.get(job.experiment_id)
@@ -413,10 +470,21 @@ def rank_entry(job: RankJob) -> None:
     if outcome.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
         # Stopped, not failed: exit quietly (the launcher stops all ranks when one fails).
         raise SystemExit(outcome.exit_code)
-    if outcome.error is not None:
-        raise outcome.error
+    if outcome.error is not None and not isinstance(outcome.error, SystemExit):
+        raise outcome.error  # torch's ``record`` writes the error file
     if outcome.exit_code:
+        # sys.exit(n) in main (or a failed final record): no exception for ``record`` to
+        # write down, so say it ourselves, or the launcher blames the peer that dies next.
+        record_rank_failure(_failure_message(outcome), outcome.exit_code)
         raise SystemExit(outcome.exit_code)
+
+
+def _failure_message(outcome: RunOutcome) -> str:
+    """A rank's failure without an exception, in the words of its run.json ``error``."""
+    if isinstance(outcome.error, SystemExit):
+        code = outcome.error.code
+        return f"main exited with {f'status {code}' if isinstance(code, int) else repr(code)}"
+    return f"exited with code {outcome.exit_code}"
 
 
 def launch_distributed(
@@ -434,7 +502,8 @@ def launch_distributed(
     ``failed`` with the error, never ``running``.
     """
     from . import rundir
-    from .runner import EXIT_FAILED, EXIT_OK, EXIT_SIGINT
+    from .distributed import parse_timeout
+    from .runner import EXIT_FAILED, EXIT_OK
 
     gpus, nproc = options.get("gpus"), options.get("nproc")
     if (gpus is None) == (nproc is None):
@@ -462,6 +531,9 @@ def launch_distributed(
         max_restarts=int(options.get("max_restarts") or 0),
     )
     check_spec(spec)  # bad launch options must not leave a run dir behind
+    timeout = options.get("timeout")
+    if timeout is not None:
+        timeout = parse_timeout(timeout, "--timeout").total_seconds()
     started: StartedRun | None = None
     if nnodes == 1:
         # One node: everything is decided before any process starts.
@@ -492,11 +564,13 @@ def launch_distributed(
         argv=argv,
         started=started,
         backend=backend,
+        timeout=timeout,
     )
 
     def finish(fields: dict[str, Any]) -> None:
         if started is not None:
-            rundir.finish_record(started.run_dir, fields)
+            # The launcher's finding (the error files) outranks what the ranks recorded.
+            rundir.finish_record(started.run_dir, fields, overrule=True)
 
     try:
         launch(spec, rank_entry, (job,))
@@ -506,20 +580,19 @@ def launch_distributed(
                 "status": "failed",
                 "failed_rank": e.rank,
                 "error": e.error_message,
-                "traceback": e.traceback,
+                "traceback": e.traceback or None,  # as a single run records it
             }
         )
         print(f"error: rank {e.rank} failed: {e.error_message}", file=sys.stderr)
         if e.traceback:
             print(e.traceback.rstrip(), file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        finish({"status": "interrupted", "error": "KeyboardInterrupt"})
-        return EXIT_SIGINT
-    except LaunchInterrupted as e:
-        finish({"status": "interrupted", "error": e.message})
-        return e.exit_code
     except BaseException as e:
+        stopped = _stop_exit_code(e)
+        if stopped is not None:
+            # Ctrl-C or a scheduler's SIGTERM: the ranks are gone, the run is interrupted.
+            finish({"status": "interrupted", "error": _stop_error(e)})
+            return stopped
         # The launch itself failed (a busy port, a rendezvous timeout): the run never ran.
         message = (
             e.format_message() if isinstance(e, DistributedError) else f"{type(e).__name__}: {e}"
@@ -527,3 +600,51 @@ def launch_distributed(
         finish({"status": "failed", "error": message})
         raise
     return EXIT_OK
+
+
+def _terminated_types() -> tuple[type[BaseException], ...]:
+    """The ``Terminated`` exception(s) a SIGTERM handler of pystematic raises."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for module in ("pystematic.interrupts", "pystematic.runner"):
+        try:
+            cls = getattr(importlib.import_module(module), "Terminated", None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+def _stop_exit_code(error: BaseException) -> int | None:
+    """128 + signal for the ways a stop signal surfaces in the launcher, None otherwise."""
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(error, LaunchInterrupted):
+        return 128 + error.signum
+    if isinstance(error, _terminated_types()):
+        return 128 + signal.SIGTERM
+    signum = _signal_exception_value(error)
+    return None if signum is None else 128 + signum
+
+
+def _signal_exception_value(error: BaseException) -> int | None:
+    """The signal of torch's SignalException (raised by the agent's handlers), else None."""
+    api = sys.modules.get("torch.distributed.elastic.multiprocessing.api")
+    cls = getattr(api, "SignalException", None)
+    if isinstance(cls, type) and isinstance(error, cls):
+        return int(getattr(error, "sigval", signal.SIGTERM))
+    return None
+
+
+def _stop_error(error: BaseException) -> str:
+    """run.json's ``error`` for a launch stopped by a signal (as a single run says it)."""
+    signum = (
+        error.signum
+        if isinstance(error, LaunchInterrupted)
+        else _signal_exception_value(error) or signal.SIGTERM
+    )
+    if isinstance(error, KeyboardInterrupt) or signum == signal.SIGINT:
+        return "KeyboardInterrupt"
+    return signal.Signals(signum).name

@@ -28,6 +28,10 @@ RUN_JSON = "run.json"
 PARAMETERS_TOML = "parameters.toml"
 CHECKPOINT_DIR = "checkpoints"
 HEARTBEAT_SECONDS = 5.0
+#: Space a run holds back for its final record, freed just before writing it, so that a
+#: disk that fills up during the run still gets the run's status ("failed: No space ...").
+RESERVE = ".reserve"
+RESERVE_BYTES = 64 * 1024
 # A final status never goes back to a weaker one: a rank that failed outranks
 # the SIGTERM the others received when the launcher stopped them.
 STATUS_RANK = {"running": 0, "completed": 1, "interrupted": 2, "failed": 3}
@@ -134,13 +138,20 @@ def _strict(value: Any) -> Any:
 
 
 def update_run_json(
-    run_dir: Path, fields: Mapping[str, Any], *, restart: bool = False, durable: bool = False
+    run_dir: Path,
+    fields: Mapping[str, Any],
+    *,
+    restart: bool = False,
+    durable: bool = False,
+    overrule: bool = False,
 ) -> dict[str, Any]:
     """Merge *fields* into run.json under the lock; a status never gets weaker.
 
     ``restart`` (a resume) is the one write allowed to set a final run back to running;
     ``durable`` syncs the file to disk (the final status: one fsync a run, not one a
-    heartbeat).
+    heartbeat). The first rank that records a failure keeps it: its peers fail after it
+    (a closed connection), unless ``overrule`` (the launcher, which knows the root cause
+    from the ranks' error files) says otherwise.
     """
     with _locked(run_dir):
         data = read_run_json(run_dir)
@@ -153,7 +164,14 @@ def update_run_json(
             and old_status != "running"
             and STATUS_RANK[new["status"]] < STATUS_RANK[old_status]
         )
-        if weaker:
+        later_failure = (
+            not restart
+            and not overrule
+            and new.get("status") == old_status == "failed"
+            and data.get("failed_rank") is not None
+            and new.get("failed_rank") != data.get("failed_rank")
+        )
+        if weaker or later_failure:
             # Keep the stronger final state and what explains it.
             for key in ("status", "error", "traceback", "failed_rank", "end", "duration"):
                 new.pop(key, None)
@@ -185,6 +203,13 @@ def start_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
             **fields,
         },
     )
+    hold_reserve(run_dir)
+
+
+def hold_reserve(run_dir: Path) -> None:
+    """Set :data:`RESERVE` bytes aside in the run folder (raises OSError on a full disk)."""
+    with open(run_dir / RESERVE, "wb") as f:
+        f.write(bytes(RESERVE_BYTES))
 
 
 def _running(now: str) -> dict[str, Any]:
@@ -210,6 +235,7 @@ def note_resume(run_dir: Path, snapshot: Mapping[str, Any], argv: list[str]) -> 
     data = read_run_json(run_dir)
     if data.get("status") == "running" and is_alive(data):
         raise RunDirError(f"--resume {run_dir}: that run is still running (pid {data.get('pid')})")
+    hold_reserve(run_dir)
     n = 1
     while (run_dir / f"parameters.{n}.toml").exists():
         n += 1
@@ -261,13 +287,19 @@ def note_restart(
     if checkpoint is None:
         fields["metrics"] = {}
     update_run_json(run_dir, fields, restart=True)
+    with contextlib.suppress(OSError):  # restarted by the scheduler: go on regardless
+        hold_reserve(run_dir)
     return len(resumes)
 
 
-def finish_record(run_dir: Path, fields: Mapping[str, Any]) -> None:
-    """The final status (and error, duration, metrics) of a run; never a weaker one."""
+def finish_record(run_dir: Path, fields: Mapping[str, Any], *, overrule: bool = False) -> None:
+    """The final status (and error, duration, metrics) of a run; never a weaker one, and
+    never a later rank's failure over the first (see :func:`update_run_json`)."""
     now = now_iso()
-    update_run_json(run_dir, {**fields, "end": now, "heartbeat": now}, durable=True)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / RESERVE).unlink()  # its space is for this record
+    fields = {**fields, "end": now, "heartbeat": now}
+    update_run_json(run_dir, fields, durable=True, overrule=overrule)
 
 
 class Heartbeat:

@@ -11,6 +11,8 @@ released exactly once whatever happens, and run.json always ends with the right 
 from __future__ import annotations
 
 import contextlib
+import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -18,14 +20,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
+from . import capture, distributed, globalstate, interrupts, rundir, seeding
 from . import context as context_module
-from . import distributed, globalstate, rundir, seeding
 from .discovery import ExperimentInfo
 from .errors import PystematicError
 from .params import Params
@@ -35,12 +36,9 @@ from .start import Probes, StartedRun, restart_run, start_run
 log = logging.getLogger("pystematic")
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: How long children that main left running get between SIGTERM and SIGKILL.
 CHILD_GRACE_S = 2.0
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives, so ``finally`` blocks run."""
 
 
 @dataclass
@@ -85,6 +83,7 @@ def run_experiment(
             store = _join_group(env, backend, group)
         restarts = distributed.torchelastic_restart_count() if env is not None else 0
         if started is None or restarts:
+            # start_run records a stop signal that arrives while it works (interrupted)
             started = _start_on_rank0(
                 info,
                 project,
@@ -98,22 +97,32 @@ def run_experiment(
                 fields,
                 _Launch(started, store, restarts),
             )
+            announce = rank == 0
+        else:
+            announce = False
+        session: RunSession | None = None
+        try:
+            session = RunSession(
+                info,
+                project,
+                started,
+                argv=list(argv),
+                rank=rank,
+                local_rank=local_rank,
+                world_size=world_size,
+                device=_device(env, backend),
+                loop_limit=loop_limit,
+            )
+            outcome = session.run(announce=announce)
+        except BaseException as e:
+            stopped = interrupts.exit_code(e)
+            if stopped is None or (session is not None and session.recording):
+                raise
+            # A stop signal between the start of the run and its session: still recorded.
             if rank == 0:
-                print(f"run dir: {started.run_dir}", file=sys.stderr, flush=True)
-                if started.restart_note:
-                    print(started.restart_note, file=sys.stderr, flush=True)
-        session = RunSession(
-            info,
-            project,
-            started,
-            argv=list(argv),
-            rank=rank,
-            local_rank=local_rank,
-            world_size=world_size,
-            device=_device(env, backend),
-            loop_limit=loop_limit,
-        )
-        outcome = session.run()
+                end = {"status": "interrupted", "error": interrupts.describe(e)}
+                rundir.finish_record(started.run_dir, end)
+            return RunOutcome(stopped, error=e)
         if env is not None and outcome.exit_code != EXIT_OK:
             group.pop_all()  # a failed rank leaves the group to the launcher's teardown
         return outcome
@@ -274,41 +283,73 @@ class RunSession:
         self.outcome = RunOutcome(EXIT_OK)
         self.began = time.time()
         self.recorder: Any = None
+        #: The final record is on its way: whatever happens now, run.json gets a status.
+        self.recording = False
 
-    def run(self) -> RunOutcome:
+    def run(self, *, announce: bool = False) -> RunOutcome:
+        """Run main and record how it ended; ``announce`` prints the run dir first."""
         quiet = _SigintIgnored()
         try:
-            with ExitStack() as stack:
-                try:
-                    ctx = self._open(stack)
-                    self._call_main(ctx)
-                except BaseException as e:
-                    self._classify(e)
-                finally:
-                    # A second Ctrl-C (the terminal and torch's agent both forward it)
-                    # must not cut the final record short.
-                    quiet.start()
-                    self._stop_children()
+            self._run(quiet, announce)
+        except BaseException as e:
+            if not self.recording:
+                raise  # before the run began: run_experiment records it
+            # Raised while the run's resources were released (a second stop signal, an
+            # error in a cleanup): run.json has the status main ended with; the process
+            # still ends with an error code.
+            stopped = interrupts.exit_code(e)
+            if stopped is None:
+                print(f"error: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
+            if self.outcome.exit_code == EXIT_OK:
+                self.outcome.exit_code = stopped or EXIT_FAILED
         finally:
             quiet.stop()
         return self.outcome
 
+    def _run(self, quiet: _SigintIgnored, announce: bool) -> None:
+        sigchld = signal.getsignal(signal.SIGCHLD)
+        with ExitStack() as stack:
+            try:
+                # First on the stack, so that from here on any way out (a signal
+                # included) leaves run.json with the run's final status.
+                stack.callback(self._write_final_record)
+                self.recording = True
+                if announce:
+                    print(f"run dir: {self.started.run_dir}", file=sys.stderr, flush=True)
+                    if self.started.restart_note:
+                        print(self.started.restart_note, file=sys.stderr, flush=True)
+                ctx = self._open(stack)
+                self._call_main(ctx)
+            except BaseException as e:
+                self._classify(e)
+            finally:
+                # A second Ctrl-C (the terminal and torch's agent both forward it)
+                # must not cut the final record short.
+                quiet.start()
+                # torch's DataLoader sets a SIGCHLD handler that raises when a worker dies
+                # of a signal: with main over it can only cut the teardown short (a job's
+                # SIGTERM kills the workers too).
+                if sigchld is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGCHLD, sigchld)
+                self._stop_children()
+
     # ------------------------------------------------------------ opening
 
     def _open(self, stack: ExitStack) -> context_module.Context:
-        from .capture import OutputCapture
         from .recording import Recorder
+        from .watchdog import guard
 
         run_dir = self.started.run_dir
         values = self.started.values
         log_name = "output.log" if self.world_size == 1 else f"output.rank{self.rank}.log"
-        capture = OutputCapture(run_dir / log_name)
-        capture.start()
-        stack.callback(capture.stop)
+        output = capture.OutputCapture(run_dir / log_name)
+        output.start()
+        stack.callback(output.stop)
+        stack.enter_context(_fault_reports())
+        stack.enter_context(guard(self.world_size, flush=[output.stop]))  # a stuck rank ends
         # Logging, torch's flags and signal handlers go back as they were (a notebook).
         stack.enter_context(globalstate.run_globals(debug=bool(values.get("debug"))))
-        stack.enter_context(_sigterm_raises())
-        stack.callback(self._write_final_record)
+        stack.enter_context(interrupts.handling())
         seeding.set_current_rank(self.rank)
         seeding.seed_all(self.started.seed)
         seeding.set_deterministic(bool(values.get("deterministic")))
@@ -374,13 +415,14 @@ class RunSession:
             if self.rank == 0:
                 log.info("%s (step limit)", note)
             return
-        if isinstance(e, KeyboardInterrupt):
-            self.outcome.exit_code = EXIT_SIGINT
-            self.end = {"status": "interrupted", "error": "KeyboardInterrupt"}
-            return
-        if isinstance(e, Terminated):
-            self.outcome.exit_code = EXIT_SIGTERM
-            self.end = {"status": "interrupted", "error": "SIGTERM"}
+        stopped = interrupts.exit_code(e)
+        signum = interrupts.received()
+        if stopped is None and signum is not None and not isinstance(e, SystemExit):
+            # A stop request that surfaced as another error (a killed DataLoader worker).
+            stopped, e = interrupts.EXIT_CODES[signum], _stop_exception(signum)
+        if stopped is not None:
+            self.outcome.exit_code = stopped
+            self.end = {"status": "interrupted", "error": interrupts.describe(e)}
             return
         if isinstance(e, SystemExit):
             code = e.code
@@ -396,6 +438,10 @@ class RunSession:
         self.outcome.exit_code = EXIT_FAILED
         tb = traceback.format_exc()
         self._failed(f"{type(e).__name__}: {e}", tb)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            # One line, not a traceback from deep inside a writer (run.json keeps it).
+            print(f"error: {e.strerror} (run dir {self.started.run_dir})", file=sys.stderr)
+            return
         sys.stderr.write(tb)
         if self.started.values.get("pdb") and isinstance(e, Exception):
             import pdb
@@ -457,6 +503,10 @@ class RunSession:
             log.warning("main left threads running, not waiting for them: %s", ", ".join(threads))
 
 
+def _stop_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else interrupts.Terminated()
+
+
 def _resume_from(values: Mapping[str, Any]) -> Any:
     from pathlib import Path
 
@@ -480,33 +530,31 @@ class _SigintIgnored:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Any:
-    """SIGTERM raises :class:`Terminated` in the main thread while the run goes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
+def _fault_reports() -> Iterator[None]:
+    """The interpreter's own report of a fatal error (segfault, abort) goes to fd 2, so
+    into output.log and onto the terminal, with every thread's stack."""
+    was_enabled = faulthandler.is_enabled()
+    faulthandler.enable(file=2, all_threads=True)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not was_enabled:
+            faulthandler.disable()
 
 
 def _leftover_children() -> dict[int, str]:
     """Direct children of this process that main started and left running (Linux /proc).
 
     Daemonic multiprocessing children (DataLoader workers) end with the interpreter, and
-    multiprocessing's own helpers (resource tracker, forkserver) are left alone.
+    multiprocessing's own helpers (resource tracker, forkserver) and the output capture's
+    reader are left alone.
     """
     import multiprocessing
 
     me = os.getpid()
     mine = {p.pid for p in multiprocessing.active_children() if p.daemon and p.pid is not None}
     mine |= _multiprocessing_helpers()
+    mine |= capture.helper_pids()
     found: dict[int, str] = {}
     for entry in _proc_pids():
         stat = _read(f"/proc/{entry}/stat")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, distributed, rundir, seeding
+from . import checkpoint, distributed, interrupts, rundir, seeding
 from .discovery import ExperimentInfo, cache_dir
 from .errors import ParameterError, RunDirError
 from .metadata import GitProbe, PackagesProbe, environment_info, write_git_diff
@@ -135,17 +135,58 @@ def start_run(
             )
     extra = {**fields_from_environment(), **(fields or {})}
     if values.get("resume") is not None:
-        run_dir = resume_target(Path(values["resume"]))
-        rundir.note_resume(run_dir, snapshot, list(argv))
-        checkpoint.remove_leftovers(run_dir)
+        resumed = resume_target(Path(values["resume"]))
+        try:
+            rundir.note_resume(resumed, snapshot, list(argv))
+        except OSError as e:
+            raise RunDirError(
+                f"--resume {resumed}: cannot write to it: {e.strerror or e}"
+            ) from None
+        checkpoint.remove_leftovers(resumed)
         if extra:
-            rundir.update_run_json(run_dir, extra)
-        return StartedRun(run_dir, values, snapshot, resumed=True, fields=extra)
+            rundir.update_run_json(resumed, extra)
+        return StartedRun(resumed, values, snapshot, resumed=True, fields=extra)
     probes = probes or Probes.start(project)
+    git = probes.git.result()
+    run_dir: Path | None = None
+    try:
+        # A stop signal waits until run.json exists: no run dir is ever without one.
+        with interrupts.held():
+            run_dir = _new_run_dir(
+                info, values, project, snapshot, argv, world_size, backend, git, extra
+            )
+        probes.packages.write(run_dir / "packages.txt")
+        write_git_diff(git, run_dir)
+    except OSError as e:
+        # The disk filled up (or the folder went away) while the run was being set up:
+        # nothing of a run is in the folder yet, so it goes.
+        assert run_dir is not None
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise RunDirError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
+    except BaseException as e:
+        # Stopped while it was being set up: a run that was interrupted.
+        if run_dir is not None and interrupts.exit_code(e) is not None:
+            end = {"status": "interrupted", "error": interrupts.describe(e)}
+            rundir.finish_record(run_dir, end)
+        raise
+    return StartedRun(run_dir, values, snapshot, fields=extra)
+
+
+def _new_run_dir(
+    info: ExperimentInfo,
+    values: Mapping[str, Any],
+    project: Project,
+    snapshot: Mapping[str, Any],
+    argv: Sequence[str],
+    world_size: int,
+    backend: str | None,
+    git: Any,
+    extra: Mapping[str, Any],
+) -> Path:
+    """The run folder with parameters.toml and run.json, or none at all (OSError)."""
     run_dir = rundir.create_run_dir(output_dir(values, project), info.id)
     try:
         rundir.write_parameters(run_dir, snapshot)
-        git = probes.git.result()
         rundir.start_record(
             run_dir,
             {
@@ -165,14 +206,10 @@ def start_run(
                 **extra,
             },
         )
-        probes.packages.write(run_dir / "packages.txt")
-        write_git_diff(git, run_dir)
     except OSError as e:
-        # The disk filled up (or the folder went away) while the run was being set up:
-        # nothing of a run is in the folder yet, so it goes.
         shutil.rmtree(run_dir, ignore_errors=True)
         raise RunDirError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
-    return StartedRun(run_dir, values, snapshot, fields=extra)
+    return run_dir
 
 
 # --------------------------------------------------------------------------- restarts

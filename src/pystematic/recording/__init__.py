@@ -20,7 +20,7 @@ each renamed tag is logged once; two tags that become the same name are an
 error. ``step`` and ``time`` are reserved.
 
 Interruptions: a step is committed by one C-level deque append, and batches are
-written with stop signals held back (:mod:`._signals`), so a Ctrl-C or SIGTERM
+written with stop signals held back (:mod:`pystematic.interrupts`), so a Ctrl-C or SIGTERM
 landing anywhere leaves every committed step written exactly once, under its own
 index, in every backend. A backend that fails (a full disk) raises in the
 training loop instead of being dropped quietly.
@@ -50,7 +50,7 @@ from time import time as _now
 from typing import Any, cast
 
 from ..errors import ConfigError, ParameterError, did_you_mean
-from ._signals import SignalsHeld
+from ..interrupts import held
 from .base import END_STATUSES, Backend, Item, RunInfo, StepRecord
 from .console import ConsoleBackend
 from .jsonl import JsonlBackend
@@ -197,7 +197,7 @@ class _Writer:
     for the 2 cores of a CI machine); a daemon thread writes what is committed
     every ``flush_secs``, so a stalled loop (a long evaluation) or a hard crash
     loses at most that much. Backend calls happen under ``io_lock``, in commit
-    order, with stop signals held back in the main thread (:mod:`._signals`): a
+    order, with stop signals held back in the main thread (:mod:`pystematic.interrupts`): a
     record leaves the queue only after every backend wrote it, and ``done``
     remembers how far each backend got, so an interrupt neither loses nor
     duplicates steps. A backend that raises is called no more and its exception
@@ -255,7 +255,7 @@ class _Writer:
 
     def drain(self) -> None:
         """Hand every committed step to the backends, a batch at a time."""
-        with SignalsHeld(), self.io_lock:
+        with held(), self.io_lock:
             self._drain_locked()
         if self.error is not None:
             self.raise_error()
@@ -299,8 +299,13 @@ class _Writer:
             self._failure(e, f"recorder backend {backend.name!r} in {method}()")
 
     def _failure(self, error: Exception, where: str) -> None:
-        _log.error("%s failed: %s; it records nothing more in this run", where, error)
+        # The first failure is raised in the training loop, where it says where it came
+        # from; later ones (the same full disk, seen by the other backends) only go to
+        # the debug log.
+        _log.debug("%s failed: %s; it records nothing more in this run", where, error)
         if self.error is None:
+            if hasattr(error, "add_note"):  # Python 3.11+
+                error.add_note(f"({where}; it records nothing more in this run)")
             self.error = error
 
     def raise_error(self) -> None:
@@ -311,7 +316,7 @@ class _Writer:
 
     def call(self, method: str, *args: Any) -> None:
         """Write every committed step, then call ``method`` on every backend."""
-        with SignalsHeld(), self.io_lock:
+        with held(), self.io_lock:
             self._drain_locked()
             for backend in self.backends:
                 self._call_one(backend, method, *args)
@@ -321,7 +326,7 @@ class _Writer:
     def close(self) -> None:
         if self.closed:
             return
-        with SignalsHeld():
+        with held():
             self.stopping = True
             self.wake.set()
             thread = self.thread
@@ -624,7 +629,7 @@ class Recorder:
         writer = self._writer
         if writer is None or self._closed or self._ended:
             return
-        with SignalsHeld():
+        with held():
             _seal(self._queue)
             self._reopen()
             writer.call("flush")
@@ -652,7 +657,7 @@ class Recorder:
         """
         if self._closed:
             return
-        with SignalsHeld():
+        with held():
             writes = self._writes
             self._writes = False
             self._closed = True

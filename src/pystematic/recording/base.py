@@ -28,6 +28,8 @@ without ``start_run()`` only sees steps.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,11 +136,19 @@ class Backend:
 
 
 def write_all(f: IO[bytes], data: bytes) -> None:
-    """Write every byte to an unbuffered file: a short write (a file size limit, a disk
-    filling up) is followed by another, which raises the OS error."""
+    """Write every byte to an unbuffered file, or none: a short write (a file size limit, a
+    disk filling up) is followed by another, which raises the OS error, and the file is cut
+    back to where it was, so it never ends in half a record."""
+    start = f.tell()
     view = memoryview(data)
-    while view:
-        n = f.write(view)
-        if not n:
-            raise OSError(f"{getattr(f, 'name', 'file')}: nothing written")
-        view = view[n:]
+    try:
+        while view:
+            n = f.write(view)
+            if not n:
+                raise OSError(f"{getattr(f, 'name', 'file')}: nothing written")
+            view = view[n:]
+    except OSError:
+        if len(view) < len(data):
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), start)
+        raise
