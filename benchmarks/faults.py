@@ -43,12 +43,15 @@ import recorder_faults  # this folder: the step-loop verdict
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Variables that would make a trial's process believe it is a rank of a launched group.
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
-LAUNCH_VARS += ("MASTER_ADDR", "MASTER_PORT")
+LAUNCH_VARS = (
+    *("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"),
+    *("MASTER_ADDR", "MASTER_PORT"),
+)
 
 EXPERIMENTS = '''
 """The experiments benchmarks/faults.py attacks (written into each trial's project)."""
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
@@ -58,6 +61,9 @@ from pathlib import Path
 import torch
 
 import pystematic as ps
+
+# The attacker sends SIGUSR1 to a run that does not stop: its stacks go to the real stderr.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def mark(name):
@@ -412,6 +418,19 @@ def tmp_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.tmp"))
 
 
+def where(proc: Proc) -> str:
+    """Where a process that does not stop is: its main thread's innermost frames, from
+    the stacks faulthandler writes on SIGUSR1 (registered by ``EXPERIMENTS``)."""
+    proc.signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    text = proc.stderr()
+    head = "Current thread"
+    if head not in text:
+        return ""
+    frames = text[text.rindex(head) :].splitlines()[1:4]
+    return "; in " + " < ".join(f.strip().removeprefix("File ") for f in frames if f.strip())
+
+
 def exit_name(rc: int | None) -> str:
     if rc is not None and rc < 0:
         return f"killed by {signal.Signals(-rc).name}"
@@ -430,7 +449,7 @@ def runs_status(t: Trial, run_dir: Path) -> str:
 
 # -- the attacks -------------------------------------------------------------------------------
 
-CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def signal_run(t: Trial, experiment: str, signum: int, low: float, high: float) -> None:
@@ -446,7 +465,7 @@ def signal_run(t: Trial, experiment: str, signum: int, low: float, high: float) 
     if rc is None:
         dirs = t.run_dirs(experiment)
         state = status(dirs[0]) if dirs else "no run dir"
-        raise Lost(f"still running 20 s after {name} (run.json: {state})")
+        raise Lost(f"still running 20 s after {name} (run.json: {state}){where(proc)}")
     run_dir = t.only_run_dir(experiment)
     check(rc == CODES[signum], f"{exit_name(rc)} instead of {CODES[signum]}: {tail(proc.stderr())}")
     check(status(run_dir) == "interrupted", f"status {status(run_dir)} after {name}")
