@@ -188,9 +188,11 @@ def check(condition: object, reason: str) -> None:
 
 
 def tail(text: str, lines: int = 3) -> str:
-    """The last lines of some output, on one line (for a reason)."""
+    """The last lines of some output, on one line (for a reason), after the interpreter's
+    fatal-error line when there is one (the rest of that report is a stack)."""
     kept = [line.strip() for line in text.strip().splitlines()[-lines:]]
-    return " | ".join(kept)[-300:]
+    fatal = [line for line in text.splitlines() if line.startswith("Fatal Python error")]
+    return " | ".join(fatal[:1] + kept)[-400:]
 
 
 def session_members(sid: int) -> list[int]:
