@@ -71,7 +71,8 @@ def read_back(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
     jsonl = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
         record = json.loads(line)
         jsonl.append((record["step"], record["i"]))
     events = []
@@ -107,15 +108,23 @@ def run_trial(workdir: Path, signum: int, delay: float, batch_steps: int = 64) -
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    steps, problem = verdict(run)
+    return Trial(name, steps, problem)
+
+
+def verdict(run: Path) -> tuple[int, str | None]:
+    """Steps in ``run``'s metrics.jsonl, and what is wrong: tag ``i`` must be recorded at
+    steps ``0..N-1``, each once, with its own index as value, the same in TensorBoard.
+    ``benchmarks/faults.py`` checks the runs it attacks with this too."""
     jsonl, events = read_back(run)
     steps = len(jsonl)
     if [s for s, _ in jsonl] != list(range(steps)):
-        return Trial(name, steps, "metrics.jsonl: steps missing, repeated or out of order")
+        return steps, "metrics.jsonl: steps missing, repeated or out of order"
     if any(value != step for step, value in jsonl):
-        return Trial(name, steps, "metrics.jsonl: a value under another step's index")
+        return steps, "metrics.jsonl: a value under another step's index"
     if events != [(s, float(v)) for s, v in jsonl]:
-        return Trial(name, steps, "TensorBoard and metrics.jsonl disagree")
-    return Trial(name, steps, None)
+        return steps, "TensorBoard and metrics.jsonl disagree"
+    return steps, None
 
 
 CRASH = """
