@@ -42,6 +42,12 @@ import recorder_faults  # this folder: the step-loop verdict
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
+# A shell starts a background job (`... &`) with SIGINT ignored and its children inherit
+# that: Python, and pystematic, then keep ignoring Ctrl-C, as under nohup. The attacks
+# need children that take SIGINT.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # Variables that would make a trial's process believe it is a rank of a launched group.
 LAUNCH_VARS = (
     *("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"),

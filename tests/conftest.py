@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,11 @@ def _strip_launch_vars() -> None:
 
 # Module- and session-scoped fixtures run before any function fixture: clean up front.
 _strip_launch_vars()
+
+# Started as a background job (`pytest &`), the suite would have SIGINT ignored, and so
+# would every process it starts (as under nohup, they keep ignoring Ctrl-C).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _compile_pystematic() -> None:
