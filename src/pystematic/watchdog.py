@@ -167,12 +167,12 @@ def _flush_recorder() -> None:
 
 def _record_stop(signum: int) -> None:
     """Rank 0 records the run as interrupted (under torchrun no launcher does it)."""
-    from . import rundir
+    from . import interrupts, rundir
     from .context import current
 
     ctx = current()
     if ctx is not None and ctx.rank == 0:
-        error = "KeyboardInterrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+        error = interrupts.describe(interrupts.stop_exception(signum))
         fields = {"status": "interrupted", "error": error, "metrics": ctx.recorder.last_scalars}
         rundir.finish_record(ctx.output_dir, fields)
 
