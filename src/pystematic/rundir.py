@@ -28,6 +28,8 @@ RUN_JSON = "run.json"
 PARAMETERS_TOML = "parameters.toml"
 CHECKPOINT_DIR = "checkpoints"
 HEARTBEAT_SECONDS = 5.0
+#: How long an update of run.json waits for its lock (see ``_locked``).
+LOCK_WAIT_S = 10.0
 #: Space a run holds back for its final record, freed just before writing it, so that a
 #: disk that fills up during the run still gets the run's status ("failed: No space ...").
 RESERVE = ".reserve"
@@ -108,8 +110,19 @@ def write_parameters(
 
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
+    """run.json's lock. A process killed while it held it can leave it held by a forked
+    child (a DataLoader worker shares the lock's open file): after :data:`LOCK_WAIT_S` the
+    update goes ahead without it rather than wait for ever."""
     with open(run_dir / ".run.json.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
         try:
             yield
         finally:
