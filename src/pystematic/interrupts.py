@@ -34,7 +34,9 @@ __all__ = [
     "handling",
     "held",
     "install",
+    "raise_if_stopped",
     "received",
+    "stop_exception",
 ]
 
 
