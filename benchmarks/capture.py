@@ -13,7 +13,7 @@ on a user's terminal, and the lines are printed inside a live ``context.loop`` d
 (``pystematic run``) or with no loop around them (``pystematic run, no loop``; the
 baseline): what queueing prints above the progress rows costs.
 
-Also times the log filter alone (``_CarriageReturnFilter.feed`` over the same 200k lines
+Also times the log filter alone (``LogFilter.feed`` over the same 200k lines
 in 1 MiB chunks, as the reader thread sees them), interleaved with DIR's filter when
 given. There is no target for it: the numbers say whether the capture got slower.
 
@@ -107,8 +107,11 @@ def _interleave_in_pty(
 
 
 def _load_capture(src: Path) -> ModuleType:
-    """``pystematic/capture.py`` of a source tree, loaded on its own (it imports stdlib only)."""
-    path = src / "pystematic" / "capture.py"
+    """The log filter's module of a source tree, loaded on its own (it imports stdlib only):
+    ``capture_reader.py``, or ``capture.py`` in trees from before the reader had its own."""
+    path = src / "pystematic" / "capture_reader.py"
+    if not path.exists():
+        path = src / "pystematic" / "capture.py"
     spec = importlib.util.spec_from_file_location(f"capture_{abs(hash(src))}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -117,7 +120,7 @@ def _load_capture(src: Path) -> ModuleType:
 
 
 def _filter_seconds(module: ModuleType, chunks: list[bytes]) -> float:
-    crf: Any = module._CarriageReturnFilter()
+    crf: Any = (getattr(module, "LogFilter", None) or module._CarriageReturnFilter)()
     begin = time.perf_counter()
     for chunk in chunks:
         crf.feed(chunk)

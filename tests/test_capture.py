@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pystematic.capture import _CarriageReturnFilter
+from pystematic.capture_reader import LogFilter
 
 # Children start block-buffered, as a plain `python` whose stdout is a pipe would.
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
@@ -329,14 +329,14 @@ def test_carriage_return_filter_across_chunks(chunk_size: int) -> None:
         b"\xe2\x94\x81 \xe2\x94\x81\r\xe2\x94\x81 done\n"
         b"tail\rlast words"
     )
-    crf = _CarriageReturnFilter()
+    crf = LogFilter()
     out = b"".join(crf.feed(stream[i : i + chunk_size]) for i in range(0, len(stream), chunk_size))
     out += crf.flush()
     assert out == (b"plain\n100%\nwindows line\nbar\nfinal\n\xe2\x94\x81 done\nlast words\n")
 
 
 def test_carriage_return_filter_keeps_only_the_last_redraw_in_memory() -> None:
-    crf = _CarriageReturnFilter()
+    crf = LogFilter()
     for i in range(100_000):
         assert crf.feed(f"\rstep {i}".encode()) == b""
     assert len(crf._pending) < 20
@@ -363,14 +363,14 @@ def test_log_filter_drops_escape_codes_and_live_display_redraws(chunk_size: int)
         + b"after\n"
         + b"spinner\x1b[K\r\x1b[Kdone\n"
     )
-    crf = _CarriageReturnFilter()
+    crf = LogFilter()
     out = b"".join(crf.feed(stream[i : i + chunk_size]) for i in range(0, len(stream), chunk_size))
     out += crf.flush()
     assert out.decode() == ("bold and a link\ncharset red\nprinted above\nB final\nafter\ndone\n")
 
 
 def test_log_filter_holds_a_bounded_number_of_rows_while_the_cursor_is_hidden() -> None:
-    crf = _CarriageReturnFilter()
+    crf = LogFilter()
     out = crf.feed(b"\x1b[?25l")
     for i in range(5000):
         out += crf.feed(f"line {i}\n".encode())

@@ -757,3 +757,46 @@ def test_dataloader_runs_the_users_worker_init_fn_after_the_seeding(project: Pro
         draws.append([json.loads((run_dir / f"worker{w}.json").read_text()) for w in (0, 1)])
     assert draws[0] == draws[1]  # seeded before the user's function ran
     assert draws[0][0] != draws[0][1]  # and differently per worker
+
+
+HEAP = """
+    import atexit
+    import gc
+    import json
+    import sys
+
+    import pystematic as ps
+
+    @ps.experiment
+    def heap(params, context):
+        return gc.get_freeze_count()
+
+    @ps.experiment
+    def heap_at_exit(params, context):
+        # Runs after the run ended, as the interpreter exits.
+        atexit.register(print, "frozen at exit:", gc.get_freeze_count() > 0)
+
+    if __name__ == "__main__":
+        before = gc.get_freeze_count()
+        during = heap.run()
+        print(json.dumps([before, during, gc.get_freeze_count()]))
+"""
+
+
+def test_the_heap_is_frozen_while_main_runs_and_given_back_after_an_in_process_run(
+    project: Project,
+) -> None:
+    project.write("exps.py", HEAP)
+    result = project.python("exps.py")
+    assert result.returncode == 0, result.stderr
+    before, during, after = json.loads(result.stdout.splitlines()[-1])
+    assert before == 0
+    assert during > 10_000  # torch's and the modules' objects: out of the collector's way
+    assert after == 0  # exp.run() in a notebook: the kernel's heap goes back as it was
+
+
+def test_the_console_script_exits_with_the_heap_still_frozen(project: Project) -> None:
+    project.write("exps.py", HEAP)
+    result = project.run("run", "heap_at_exit")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "frozen at exit: True"

@@ -68,6 +68,7 @@ class CliState:
     script: Path | None = None
     only: list[ExperimentInfo] | None = None  # exp.cli() / group.cli(): these, no discovery
     raise_errors: bool = False  # exit_on_error=False: main's value and errors come back
+    ends_process: bool = False  # the process exits after the command (the console script)
     project_flag: Path | None = None
     _project: Project | None = None
     _found: Discovered | None = None
@@ -493,6 +494,7 @@ def _handle_run(
         resolved.snapshot(),
         state.argv,
         probes=state.start_probes(),
+        ends_process=state.ends_process,
     )
     if state.raise_errors:
         if outcome.error is not None:
@@ -1008,18 +1010,24 @@ def _one_line(text: str) -> str:
 
 
 def run_cli(
-    argv: Sequence[str] | None = None, *, script: Path | None = None, prog_name: str = "pystematic"
+    argv: Sequence[str] | None = None,
+    *,
+    script: Path | None = None,
+    prog_name: str = "pystematic",
+    ends_process: bool = False,
 ) -> int:
-    """Run the CLI and return its exit code; user errors become one line on stderr."""
+    """Run the CLI and return its exit code; user errors become one line on stderr.
+    ``ends_process``: the caller exits right after (the console script does)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    code: int = invoke(build_app(), args, CliState(argv=args, script=script), prog_name)
+    state = CliState(argv=args, script=script, ends_process=ends_process)
+    code: int = invoke(build_app(), args, state, prog_name)
     return code
 
 
 def main() -> None:
     """Console script entry point."""
     interrupts.install()
-    code = run_cli()
+    code = run_cli(ends_process=True)
     _exit(code)
 
 
@@ -1052,7 +1060,9 @@ def global_entrypoint(argv: Sequence[str] | None = None, exit_on_error: bool = T
     file = getattr(main_module, "__file__", None)
     script = Path(file).resolve() if file else None
     args = list(sys.argv[1:] if argv is None else argv)
-    state = CliState(argv=args, script=script, raise_errors=not exit_on_error)
+    state = CliState(
+        argv=args, script=script, raise_errors=not exit_on_error, ends_process=exit_on_error
+    )
     if exit_on_error:  # the script's command line: the process is ours
         interrupts.install()
     result = invoke(build_app(), args, state, Path(sys.argv[0]).name)
@@ -1071,7 +1081,9 @@ def experiments_cli(
     """``exp.cli()`` (one experiment: the script is its command) and ``group.cli()``
     (``group`` is the group's path: its members are the script's commands)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    state = CliState(argv=args, only=infos, raise_errors=not exit_on_error)
+    state = CliState(
+        argv=args, only=infos, raise_errors=not exit_on_error, ends_process=exit_on_error
+    )
     if exit_on_error:
         interrupts.install()
     if group is None:

@@ -114,7 +114,13 @@ def run_job(job: RunJob) -> JobResult:
             write_git_diff(state, started.run_dir)
         rundir.update_run_json(started.run_dir, facts)
     outcome = run_experiment(
-        info, project, started.values, started.snapshot, job.argv, started=started
+        info,
+        project,
+        started.values,
+        started.snapshot,
+        job.argv,
+        started=started,
+        ends_process=True,
     )
     data = rundir.read_run_json(started.run_dir)
     error = data.get("error")

@@ -466,6 +466,7 @@ def rank_entry(job: RankJob) -> None:
         job.argv,
         started=job.started,
         backend=job.backend,
+        ends_process=True,
     )
     if outcome.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
         # Stopped, not failed: exit quietly (the launcher stops all ranks when one fails).

@@ -263,6 +263,7 @@ class PackagesProbe:
         self._text = _read_packages_cache(cache_file, self._key) if cache_file else None
         self._proc: subprocess.Popen[bytes] | None = None
         if self._text is not None:
+            self._cache_file = None  # valid as it is: nothing to write back
             return
         code = (
             "import sys; from pystematic.metadata import packages_text as t; sys.stdout.write(t())"

@@ -59,11 +59,13 @@ def run_experiment(
     backend: str | None = None,
     probes: Probes | None = None,
     fields: Mapping[str, Any] | None = None,
+    ends_process: bool = False,
 ) -> RunOutcome:
     """Run one rank of an experiment and record it; never raises for the experiment's errors.
 
     ``started`` is given when a launcher already made the run dir. User errors found
     before the run starts (bad values, a resume that cannot be) raise PystematicError.
+    ``ends_process``: the process exits after this run (see ``globalstate.frozen_heap``).
     """
     running = context_module.current()
     if running is not None:
@@ -74,6 +76,7 @@ def run_experiment(
     env = distributed.detect_environment()
     loop_limit = loop_limit_from_environment()
     with ExitStack() as group:
+        group.enter_context(globalstate.frozen_heap(ends_process=ends_process))
         rank, world_size, local_rank = (
             (env.rank, env.world_size, env.local_rank) if env else (0, 1, 0)
         )
