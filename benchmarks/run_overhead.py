@@ -14,7 +14,10 @@ discovery cache:
 - ``pystematic run``: ``pystematic run trivial --n 2`` in the project (a new run dir each
   time, with run.json, parameters.toml, ...; the experiment records nothing);
 - ``run, 10 modules``: the same experiment in a project of 10 experiment modules that each
-  import torch (the common case): ``run`` imports only the module that defines it.
+  import torch (the common case): ``run`` imports only the module that defines it;
+- ``baseline, frozen heap``: the baseline plus ``gc.freeze()`` after ``import torch``, as a
+  run does (its process then exits without walking torch's objects once more). Not a
+  target: the overhead against it is what pystematic's own work costs.
 
     python benchmarks/run_overhead.py [--rounds 9] [--json] [--no-git]
 """
@@ -63,6 +66,8 @@ args = parser.parse_args()
 print(args.n)
 """
 
+FROZEN_BASELINE = BASELINE.replace("import torch\n", "import torch\nimport gc\n\ngc.freeze()\n")
+
 
 def main() -> None:
     p = _timing.parser(__doc__.split("\n\n")[0])
@@ -81,12 +86,14 @@ def main() -> None:
         if not args.no_git:
             _timing.git_init(many)
         (tmp / "baseline.py").write_text(BASELINE)
+        (tmp / "frozen.py").write_text(FROZEN_BASELINE)
         notes.append(f"project in a git repository: {'yes' if in_git else 'no'}")
         exe = _timing.pystematic_exe()
         commands = {
             "baseline": [sys.executable, str(tmp / "baseline.py"), "--n", "2"],
             "pystematic run": [*exe, "run", "trivial", "--n", "2"],
             "run, 10 modules": [*exe, "-C", str(many), "run", "trivial", "--n", "2"],
+            "baseline, frozen heap": [sys.executable, str(tmp / "frozen.py"), "--n", "2"],
         }
         what = "pystematic run of a trivial experiment vs argparse + import torch"
         try:
@@ -104,8 +111,13 @@ def main() -> None:
                 TARGET_RATIO,
             )
             for name in ("pystematic run", "run, 10 modules"):
-                overhead = stats[name].median - stats["baseline"].median
-                notes.append(f"{name}: overhead (difference of medians) {overhead * 1000:+.0f} ms")
+                for base in ("baseline", "baseline, frozen heap"):
+                    overhead = stats[name].median - stats[base].median
+                    ratio = stats[name].median / stats[base].median
+                    notes.append(
+                        f"{name} vs {base}: {ratio:.3f} x, {overhead * 1000:+.0f} ms "
+                        "(difference of medians)"
+                    )
             runs = sorted((root / "output" / "trivial").glob("*/"))
             files = sorted(f.name for f in runs[-1].iterdir()) if runs else []
             notes.append(f"run dirs made: {len(runs)}; the last holds: {', '.join(files)}")

@@ -510,13 +510,16 @@ def _handle_distributed(
     options: dict[str, Any],
     as_json: bool,
 ) -> int:
+    from .globalstate import frozen_heap
     from .launch import launch_distributed
 
     info = state.imported(info)
     resolved = _resolve(state, info, values)
-    return launch_distributed(
-        info, state.project(), resolved.values, resolved.snapshot(), state.argv, options
-    )
+    # The launcher holds torch too: its exit need not walk torch's objects (as a run's).
+    with frozen_heap(ends_process=state.ends_process):
+        return launch_distributed(
+            info, state.project(), resolved.values, resolved.snapshot(), state.argv, options
+        )
 
 
 def _handle_show_params(
