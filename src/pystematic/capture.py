@@ -32,7 +32,7 @@ from typing import Any
 from . import capture_reader
 from .capture_reader import CHUNK, DRAIN_MAX_S, LogFilter, write_all
 
-__all__ = ["OutputCapture", "helper_pids"]
+__all__ = ["OutputCapture", "flush_python_streams", "helper_pids"]
 
 # How long stop() waits for the helper to write out what it read.
 _HELPER_WAIT_S = DRAIN_MAX_S + 1.0
@@ -98,7 +98,7 @@ class OutputCapture:
             raise RuntimeError("OutputCapture.start() called twice")
         self._started = True
         self._pid = os.getpid()
-        _flush_python_streams()
+        flush_python_streams()
         try:
             self._redirect()
         except BaseException:
@@ -188,7 +188,7 @@ class OutputCapture:
                 return  # (a forked child exiting must not stop the parent's capture)
             self._stopped = True
         atexit.unregister(self.stop)
-        _flush_python_streams()
+        flush_python_streams()
         self._untee_python_streams()
         _flush_c_streams()
         for fd, saved in self._saved.items():
@@ -389,7 +389,8 @@ def _close(fd: int) -> None:
             os.close(fd)
 
 
-def _flush_python_streams() -> None:
+def flush_python_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` into fds 1 and 2, whatever they are now."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

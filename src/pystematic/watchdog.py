@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
+from .capture import flush_python_streams
+
 __all__ = ["GRACE_S", "StopWatchdog", "guard"]
 
 #: How long the main thread has to react to a stop signal before the rank is ended.
@@ -140,7 +142,7 @@ class StopWatchdog:
         done = threading.Event()
 
         def flush_all() -> None:
-            steps = [_flush_recorder, lambda: _record_stop(signum), _flush_python_streams]
+            steps = [_flush_recorder, lambda: _record_stop(signum), flush_python_streams]
             for step in [*steps, *self.flush]:
                 with contextlib.suppress(Exception):
                     step()
@@ -175,12 +177,6 @@ def _record_stop(signum: int) -> None:
         error = interrupts.describe(interrupts.stop_exception(signum))
         fields = {"status": "interrupted", "error": error, "metrics": ctx.recorder.last_scalars}
         rundir.finish_record(ctx.output_dir, fields)
-
-
-def _flush_python_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
 
 
 def _forget_in_forked_children() -> None:
