@@ -94,3 +94,27 @@ def slurm_task(out_dir: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - used by the SLURM simulation
     slurm_task(sys.argv[1])
+
+
+def collectives_rank() -> dict[str, Any]:
+    """pystematic's own collectives over a real group: what each returned, what it kept."""
+    import torch
+    import torch.distributed as dist
+
+    from pystematic import collectives
+
+    env = _join()
+    mine: Any = "a" if env.rank == 0 else list(range(1000))  # sizes differ across ranks
+    kept = []
+    gathered = collectives.all_gather_objects(mine)
+    kept.append(len(collectives._kept))
+    shared = collectives.broadcast_object({"from": env.rank} if env.rank == 0 else None)
+    kept.append(len(collectives._kept))
+    total = torch.tensor([float(env.rank + 1)])
+    collectives.all_reduce(total, dist.ReduceOp.SUM)
+    kept.append(len(collectives._kept))
+    for _ in range(10):
+        collectives.barrier()
+        kept.append(len(collectives._kept))
+    dist.destroy_process_group()
+    return {"gathered": gathered, "shared": shared, "total": total.item(), "kept": kept}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import checkpoint as checkpoints
-from . import seeding
+from . import collectives, seeding
 from .errors import PystematicError
 from .params import Params
 from .progress import progress
@@ -145,11 +145,7 @@ class Context:
         """Compare every rank's ``new_seed`` calls; a warning text when they diverged."""
         if not self.is_distributed:
             return None
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, list(self._chain.purposes))
-        return seeding.seed_sync_problems(gathered)
+        return seeding.seed_sync_problems(collectives.all_gather_objects(self._chain.purposes))
 
     # ------------------------------------------------------------ distributed
 
@@ -157,9 +153,7 @@ class Context:
         """Wait for every rank; also checks that the ranks drew the same seeds."""
         if not self.is_distributed:
             return
-        import torch.distributed as dist
-
-        dist.barrier()
+        collectives.barrier()
         self.check_seeds()
 
     def check_seeds(self) -> None:
@@ -177,20 +171,12 @@ class Context:
         """Rank 0's value on every rank (any picklable object)."""
         if not self.is_distributed:
             return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return collectives.broadcast_object(value)
 
     def _gather(self, value: Any) -> list[Any]:
         if not self.is_distributed:
             return [value]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        return collectives.all_gather_objects(value)
 
     def to_device(self, *tensors: Any) -> Any:
         moved = tuple(t.to(self.device) for t in tensors)

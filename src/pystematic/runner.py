@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from . import capture, distributed, globalstate, interrupts, rundir, seeding
+from . import capture, collectives, distributed, globalstate, interrupts, rundir, seeding
 from . import context as context_module
 from .discovery import ExperimentInfo
 from .errors import PystematicError
@@ -220,19 +220,17 @@ def _start_on_rank0(
 
     if env is None:
         return start()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
+    outcome: StartedRun | PystematicError | None = None
     if env.rank == 0:
         try:
-            box[0] = start()
+            outcome = start()
         except PystematicError as e:
-            box[0] = e
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], PystematicError):
-        raise box[0]
-    started: StartedRun = box[0]
-    return started
+            outcome = e
+    outcome = collectives.broadcast_object(outcome)
+    if isinstance(outcome, PystematicError):
+        raise outcome
+    assert outcome is not None
+    return outcome
 
 
 def _device(env: distributed.DistEnv | None, backend: str | None) -> Any:

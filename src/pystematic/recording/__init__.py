@@ -49,6 +49,7 @@ from pathlib import Path
 from time import time as _now
 from typing import Any, cast
 
+from .. import collectives
 from ..errors import ConfigError, ParameterError, did_you_mean
 from ..interrupts import held
 from .base import END_STATUSES, Backend, Item, RunInfo, StepRecord
@@ -778,7 +779,7 @@ class Recorder:
         )
         ops = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM}
         ops.update(min=dist.ReduceOp.MIN, max=dist.ReduceOp.MAX)
-        dist.all_reduce(tensor, op=ops[op])
+        collectives.all_reduce(tensor, ops[op])
         if op == "mean":
             tensor /= dist.get_world_size()
         if device.type == "cpu":
