@@ -114,9 +114,10 @@ class OutputCapture:
     def _start_helper(self) -> None:
         """Start the reader; this process keeps only the write ends (fds 1 and 2).
 
-        A fresh interpreter running this file, not a fork: a forked copy of a process with
-        torch loaded would make every page the run writes afterwards a copy-on-write fault
-        (measured: +0.3 s on a trivial run). It imports only the standard library.
+        A fresh interpreter running ``capture_reader.py``, not a fork: a forked copy of a
+        process with torch loaded would make every page the run writes afterwards a
+        copy-on-write fault (measured: +0.3 s on a trivial run). It imports only the
+        standard library.
         """
         import subprocess
 

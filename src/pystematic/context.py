@@ -145,7 +145,7 @@ class Context:
         """Compare every rank's ``new_seed`` calls; a warning text when they diverged."""
         if not self.is_distributed:
             return None
-        return seeding.seed_sync_problems(collectives.all_gather_objects(self._chain.purposes))
+        return seeding.seed_sync_problems(self._gather(self._chain.purposes))
 
     # ------------------------------------------------------------ distributed
 
