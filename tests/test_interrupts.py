@@ -212,6 +212,32 @@ def test_sigterm_to_the_whole_job_with_dataloader_workers_is_interrupted(
     assert "Traceback" not in stderr
 
 
+def test_a_stop_during_the_import_of_an_experiment_waits_for_the_import_to_end(
+    project: Project,
+) -> None:
+    project.write(
+        "exps.py",
+        """
+        import os, signal
+        from pathlib import Path
+        import pystematic as ps
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100_000))  # torch's C++ start-up would be here: no exception inside it
+        Path("import-ended").write_text("yes")
+
+        @ps.experiment
+        def exp(params):
+            print("main ran")
+        """,
+    )
+    result = project.run("run", "exp")
+    assert result.returncode == 143, result.stderr
+    assert (project.root / "import-ended").read_text() == "yes"
+    assert "main ran" not in result.stdout
+    assert not (project.root / "output").exists()
+
+
 def test_a_stop_that_an_import_turns_into_another_error_still_stops(project: Project) -> None:
     project.write(
         "exps.py",
@@ -220,7 +246,8 @@ def test_a_stop_that_an_import_turns_into_another_error_still_stops(project: Pro
         import pystematic as ps
 
         try:  # as some imports do (torch's): the stop comes out as an ImportError
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # held until the import ends
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one: at once
             sum(range(1000))
         except BaseException as e:
             raise ImportError("cannot load module more than once per process") from e

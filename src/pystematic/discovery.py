@@ -268,10 +268,14 @@ def import_project(project: Project, files: Iterable[Path]) -> Discovered:
     _put_root_on_path(project.root)
     for path in files:
         try:
-            module = import_file(path, project.root)
+            # A stop signal during the import takes effect when it ends (a second one at
+            # once): raised inside torch's start-up, where C++ calls back into Python, it
+            # can abort the process (SIGABRT) instead of stopping it.
+            with interrupts.held():
+                module = import_file(path, project.root)
         except Exception as e:
-            # A Ctrl-C or SIGTERM during the import (of torch, say) may surface as
-            # another error: it stops the command, it is not the module's failure.
+            # A second Ctrl-C or SIGTERM during the import may surface as another error:
+            # it stops the command, it is not the module's failure.
             interrupts.raise_if_stopped(e)
             result.failures.append(_failure(path, project, e))
             continue
